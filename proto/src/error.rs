@@ -1,0 +1,150 @@
+//! Stable error codes and the decoder's error type.
+
+use std::fmt;
+
+/// A wire error code. The numbers never change and are never reused; a new error gets a new
+/// number. Clients branch on the code, never on the message.
+#[repr(u16)]
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// The frame header is malformed (bad version or kind) or an op payload cannot be parsed.
+    BadFrame = 1,
+    /// The frame's length prefix exceeds `FRAME_BYTES_MAX`.
+    FrameTooLarge = 2,
+    /// The frame carries more than `OPS_PER_FRAME_MAX` ops.
+    TooManyOps = 3,
+    /// The opcode is not one this server knows. The rest of the frame is still served.
+    UnknownOp = 4,
+    /// The name is empty.
+    NameEmpty = 5,
+    /// The name is longer than `NAME_BYTES_MAX` bytes.
+    NameTooLong = 6,
+    /// The RESET reason is longer than `REASON_BYTES_MAX` bytes.
+    ReasonTooLong = 7,
+    /// The result would not fit in an i64 (or the split-counter range); nothing was changed.
+    Overflow = 8,
+    /// The op needs another counter kind (CAS or bounded add on an analytic counter).
+    WrongKind = 9,
+    /// A bounded add or a strict counter's declared bounds would be crossed; carries the value.
+    BoundViolation = 10,
+    /// CAS expected a different value; carries the current value.
+    CasMismatch = 11,
+    /// The counter does not exist (CAS, bounded add, RESET of an unknown name).
+    NotFound = 12,
+    /// CREATE of a name that exists with another kind or other bounds.
+    AlreadyExists = 13,
+    /// An argument is out of its domain (min > max, initial value outside bounds, ...).
+    InvalidArgument = 14,
+    /// The frame's protocol version is not served by this node.
+    UnsupportedVersion = 15,
+    /// The node is at `CONNECTIONS_MAX`; the connection is closed after this reply.
+    TooManyConnections = 16,
+    /// A bounded internal queue is full; retry later.
+    Overloaded = 17,
+    /// The node is shutting down and takes no new requests.
+    ShuttingDown = 18,
+    /// The shard's name arena is full; no new names can be created on it.
+    TableFull = 19,
+    /// The idempotency key was already used with another name or delta.
+    IdempotencyConflict = 20,
+    /// The shard's log hit an I/O error; it acks no writes until the node restarts.
+    LogPoisoned = 21,
+    /// The disk is full; the write was not applied.
+    DiskFull = 22,
+    /// This node is not the primary for writes.
+    NotPrimary = 23,
+    /// A bug on the server side; the message says what.
+    Internal = 24,
+}
+
+impl ErrorCode {
+    /// Every code, in number order. Tests use it to check that numbers stay unique and stable.
+    pub const ALL: [ErrorCode; 24] = [
+        ErrorCode::BadFrame,
+        ErrorCode::FrameTooLarge,
+        ErrorCode::TooManyOps,
+        ErrorCode::UnknownOp,
+        ErrorCode::NameEmpty,
+        ErrorCode::NameTooLong,
+        ErrorCode::ReasonTooLong,
+        ErrorCode::Overflow,
+        ErrorCode::WrongKind,
+        ErrorCode::BoundViolation,
+        ErrorCode::CasMismatch,
+        ErrorCode::NotFound,
+        ErrorCode::AlreadyExists,
+        ErrorCode::InvalidArgument,
+        ErrorCode::UnsupportedVersion,
+        ErrorCode::TooManyConnections,
+        ErrorCode::Overloaded,
+        ErrorCode::ShuttingDown,
+        ErrorCode::TableFull,
+        ErrorCode::IdempotencyConflict,
+        ErrorCode::LogPoisoned,
+        ErrorCode::DiskFull,
+        ErrorCode::NotPrimary,
+        ErrorCode::Internal,
+    ];
+
+    pub fn from_u16(code: u16) -> Option<ErrorCode> {
+        ErrorCode::ALL.iter().copied().find(|c| *c as u16 == code)
+    }
+
+    /// A short stable name, used by the CLI's one-line errors and `--json` output.
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorCode::BadFrame => "bad_frame",
+            ErrorCode::FrameTooLarge => "frame_too_large",
+            ErrorCode::TooManyOps => "too_many_ops",
+            ErrorCode::UnknownOp => "unknown_op",
+            ErrorCode::NameEmpty => "name_empty",
+            ErrorCode::NameTooLong => "name_too_long",
+            ErrorCode::ReasonTooLong => "reason_too_long",
+            ErrorCode::Overflow => "overflow",
+            ErrorCode::WrongKind => "wrong_kind",
+            ErrorCode::BoundViolation => "bound_violation",
+            ErrorCode::CasMismatch => "cas_mismatch",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::AlreadyExists => "already_exists",
+            ErrorCode::InvalidArgument => "invalid_argument",
+            ErrorCode::UnsupportedVersion => "unsupported_version",
+            ErrorCode::TooManyConnections => "too_many_connections",
+            ErrorCode::Overloaded => "overloaded",
+            ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::TableFull => "table_full",
+            ErrorCode::IdempotencyConflict => "idempotency_conflict",
+            ErrorCode::LogPoisoned => "log_poisoned",
+            ErrorCode::DiskFull => "disk_full",
+            ErrorCode::NotPrimary => "not_primary",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.name(), *self as u16)
+    }
+}
+
+/// Why a byte buffer could not be decoded.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// More bytes are needed; try again after reading more. Not an error of the peer.
+    #[error("incomplete: need {needed} more bytes")]
+    Incomplete { needed: usize },
+    /// The bytes can never form a valid value. `code` is what the server answers with.
+    #[error("{code}: {message}")]
+    Invalid { code: ErrorCode, message: String },
+}
+
+impl DecodeError {
+    pub fn invalid(code: ErrorCode, message: impl Into<String>) -> DecodeError {
+        DecodeError::Invalid {
+            code,
+            message: message.into(),
+        }
+    }
+}

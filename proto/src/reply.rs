@@ -1,0 +1,343 @@
+//! Reply ops: `opcode u8 | status u16 | payload_len u16 | payload`. Status 0 is success and the
+//! payload is the op's result; any other status is an `ErrorCode` and the payload is
+//! `flags u8 | current i64 | message (rest)`, where flag bit 0 says `current` is meaningful
+//! (CAS mismatch and bound violations carry the counter's value).
+
+use bytes::{BufMut, BytesMut};
+
+use crate::cursor::Cursor;
+use crate::error::{DecodeError, ErrorCode};
+use crate::frame::truncate_message;
+use crate::request::{Opcode, Token};
+
+/// Reply flag: the counter is split across shards (hot). Shard-aware clients may spread unkeyed
+/// increments of it over all shards.
+pub const REPLY_SPLIT: u8 = 1 << 0;
+/// Reply flag: this INCR was a duplicate of an earlier one with the same idempotency key; the value
+/// is the first outcome and nothing was applied.
+pub const REPLY_DUPLICATE: u8 = 1 << 1;
+/// Reply flag: the value is an estimate (an increment of a split counter applied on a non-owner
+/// shard reports the last aggregate it saw plus its own part).
+pub const REPLY_APPROX: u8 = 1 << 2;
+/// Reply flag (GET): the counter exists. A GET of an unknown name returns 0 without this flag.
+pub const REPLY_EXISTS: u8 = 1 << 3;
+/// Reply flag (GET, CREATE): the counter is strict.
+pub const REPLY_STRICT: u8 = 1 << 4;
+
+const ERROR_HAS_CURRENT: u8 = 1 << 0;
+
+/// HELLO's answer: everything a shard-aware client needs to route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HelloReply {
+    pub version: u8,
+    /// Shard count; `shard_of(name, shard_count)` is a name's owner.
+    pub shard_count: u16,
+    /// The shard that serves this connection.
+    pub shard: u16,
+    /// Port of each shard's direct listener, on the same host as this connection. A connection to
+    /// shard i's port is served by shard i's core.
+    pub shard_ports: Vec<u16>,
+    /// Server software version string.
+    pub server: String,
+}
+
+/// A per-op failure as the client sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpError {
+    /// The raw status; `ErrorCode::from_u16` maps it (unknown codes from newer servers stay usable).
+    pub code: u16,
+    /// The counter's value for CAS mismatches and bound violations.
+    pub current: Option<i64>,
+    pub message: String,
+}
+
+impl OpError {
+    pub fn error_code(&self) -> Option<ErrorCode> {
+        ErrorCode::from_u16(self.code)
+    }
+}
+
+/// A successful reply body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    Hello(HelloReply),
+    /// The value after the increment, flags, and the write's token.
+    Incr {
+        value: i64,
+        flags: u8,
+        token: Token,
+    },
+    /// The value; flags say whether it exists, is split or strict.
+    Get {
+        value: i64,
+        flags: u8,
+    },
+    /// `created` is false when an identical declaration already existed.
+    Create {
+        created: bool,
+        value: i64,
+        flags: u8,
+    },
+    Cas {
+        value: i64,
+        token: Token,
+    },
+    AddBounded {
+        value: i64,
+        flags: u8,
+        token: Token,
+    },
+    Reset {
+        old: i64,
+        new: i64,
+        token: Token,
+    },
+    Stats(StatsReply),
+}
+
+/// STATS: named figures (`shard.0.counters`, `node.connections`, ...) and the split counters.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StatsReply {
+    pub figures: Vec<(String, i64)>,
+    pub split: Vec<Vec<u8>>,
+}
+
+impl Reply {
+    pub fn opcode(&self) -> Opcode {
+        match self {
+            Reply::Hello(_) => Opcode::Hello,
+            Reply::Incr { .. } => Opcode::Incr,
+            Reply::Get { .. } => Opcode::Get,
+            Reply::Create { .. } => Opcode::Create,
+            Reply::Cas { .. } => Opcode::Cas,
+            Reply::AddBounded { .. } => Opcode::AddBounded,
+            Reply::Reset { .. } => Opcode::Reset,
+            Reply::Stats(_) => Opcode::Stats,
+        }
+    }
+
+    /// Appends `opcode | 0 | len | payload`.
+    pub fn encode(&self, buf: &mut BytesMut) {
+        buf.put_u8(self.opcode() as u8);
+        buf.put_u16_le(0);
+        let len_at = buf.len();
+        buf.put_u16_le(0);
+        let start = buf.len();
+        match self {
+            Reply::Hello(hello) => {
+                buf.put_u8(hello.version);
+                buf.put_u16_le(hello.shard_count);
+                buf.put_u16_le(hello.shard);
+                assert_eq!(hello.shard_ports.len(), hello.shard_count as usize);
+                for port in &hello.shard_ports {
+                    buf.put_u16_le(*port);
+                }
+                put_str8(buf, hello.server.as_bytes());
+            }
+            Reply::Incr { value, flags, token } => {
+                buf.put_u8(*flags);
+                buf.put_i64_le(*value);
+                put_token(buf, token);
+            }
+            Reply::Get { value, flags } => {
+                buf.put_u8(*flags);
+                buf.put_i64_le(*value);
+            }
+            Reply::Create { created, value, flags } => {
+                buf.put_u8(*created as u8);
+                buf.put_u8(*flags);
+                buf.put_i64_le(*value);
+            }
+            Reply::Cas { value, token } => {
+                buf.put_i64_le(*value);
+                put_token(buf, token);
+            }
+            Reply::AddBounded { value, flags, token } => {
+                buf.put_u8(*flags);
+                buf.put_i64_le(*value);
+                put_token(buf, token);
+            }
+            Reply::Reset { old, new, token } => {
+                buf.put_i64_le(*old);
+                buf.put_i64_le(*new);
+                put_token(buf, token);
+            }
+            Reply::Stats(stats) => {
+                let figures = stats.figures.len().min(u16::MAX as usize);
+                buf.put_u16_le(figures as u16);
+                for (key, value) in &stats.figures[..figures] {
+                    put_str8(buf, key.as_bytes());
+                    buf.put_i64_le(*value);
+                }
+                // The payload length is a u16: list at most as many split names as fit.
+                let mut split = 0u16;
+                let split_count_at = buf.len();
+                buf.put_u16_le(0);
+                for name in &stats.split {
+                    if buf.len() - start + 1 + name.len() > u16::MAX as usize || split == u16::MAX {
+                        break;
+                    }
+                    put_str8(buf, name);
+                    split += 1;
+                }
+                buf[split_count_at..split_count_at + 2].copy_from_slice(&split.to_le_bytes());
+            }
+        }
+        patch_len(buf, len_at, start);
+    }
+
+    /// Decodes a success payload for `opcode`.
+    pub fn decode(opcode: u8, payload: &[u8]) -> Result<Reply, DecodeError> {
+        let Some(op) = Opcode::from_u8(opcode) else {
+            return Err(DecodeError::invalid(
+                ErrorCode::UnknownOp,
+                format!("reply for unknown opcode 0x{opcode:02x}"),
+            ));
+        };
+        let mut c = Cursor::new(payload, "reply payload");
+        let reply = match op {
+            Opcode::Hello => {
+                let version = c.u8()?;
+                let shard_count = c.u16()?;
+                let shard = c.u16()?;
+                let mut shard_ports = Vec::with_capacity(shard_count.min(crate::limits::SHARDS_MAX) as usize);
+                for _ in 0..shard_count {
+                    shard_ports.push(c.u16()?);
+                }
+                let server = String::from_utf8_lossy(c.str8()?).into_owned();
+                Reply::Hello(HelloReply {
+                    version,
+                    shard_count,
+                    shard,
+                    shard_ports,
+                    server,
+                })
+            }
+            Opcode::Incr => {
+                let flags = c.u8()?;
+                let value = c.i64()?;
+                Reply::Incr {
+                    value,
+                    flags,
+                    token: token(&mut c)?,
+                }
+            }
+            Opcode::Get => {
+                let flags = c.u8()?;
+                Reply::Get { value: c.i64()?, flags }
+            }
+            Opcode::Create => {
+                let created = c.u8()? != 0;
+                let flags = c.u8()?;
+                Reply::Create {
+                    created,
+                    value: c.i64()?,
+                    flags,
+                }
+            }
+            Opcode::Cas => {
+                let value = c.i64()?;
+                Reply::Cas {
+                    value,
+                    token: token(&mut c)?,
+                }
+            }
+            Opcode::AddBounded => {
+                let flags = c.u8()?;
+                let value = c.i64()?;
+                Reply::AddBounded {
+                    value,
+                    flags,
+                    token: token(&mut c)?,
+                }
+            }
+            Opcode::Reset => {
+                let old = c.i64()?;
+                let new = c.i64()?;
+                Reply::Reset {
+                    old,
+                    new,
+                    token: token(&mut c)?,
+                }
+            }
+            Opcode::Stats => {
+                let figures_len = c.u16()?;
+                let mut figures = Vec::new();
+                for _ in 0..figures_len {
+                    let key = String::from_utf8_lossy(c.str8()?).into_owned();
+                    figures.push((key, c.i64()?));
+                }
+                let split_len = c.u16()?;
+                let mut split = Vec::new();
+                for _ in 0..split_len {
+                    split.push(c.str8()?.to_vec());
+                }
+                Reply::Stats(StatsReply { figures, split })
+            }
+        };
+        c.finish()?;
+        Ok(reply)
+    }
+}
+
+/// Appends an error reply op.
+pub fn encode_error_reply(buf: &mut BytesMut, opcode: u8, code: ErrorCode, current: Option<i64>, message: &str) {
+    buf.put_u8(opcode);
+    buf.put_u16_le(code as u16);
+    let len_at = buf.len();
+    buf.put_u16_le(0);
+    let start = buf.len();
+    buf.put_u8(if current.is_some() { ERROR_HAS_CURRENT } else { 0 });
+    buf.put_i64_le(current.unwrap_or(0));
+    buf.put_slice(truncate_message(message));
+    patch_len(buf, len_at, start);
+}
+
+/// Decodes one reply op from the front of `buf`, returning it and the bytes consumed.
+pub fn decode_reply_op(buf: &[u8]) -> Result<((u8, Result<Reply, OpError>), usize), DecodeError> {
+    let mut c = Cursor::new(buf, "reply op");
+    let opcode = c.u8()?;
+    let status = c.u16()?;
+    let payload = c.str16()?;
+    let consumed = buf.len() - c.remaining();
+    if status == 0 {
+        return Ok(((opcode, Ok(Reply::decode(opcode, payload)?)), consumed));
+    }
+    let mut p = Cursor::new(payload, "error payload");
+    let flags = p.u8()?;
+    let current = p.i64()?;
+    let message = String::from_utf8_lossy(p.rest()).into_owned();
+    let error = OpError {
+        code: status,
+        current: (flags & ERROR_HAS_CURRENT != 0).then_some(current),
+        message,
+    };
+    Ok(((opcode, Err(error)), consumed))
+}
+
+fn patch_len(buf: &mut BytesMut, len_at: usize, start: usize) {
+    let len = buf.len() - start;
+    assert!(
+        len <= u16::MAX as usize,
+        "reply payload {len} exceeds the u16 length field"
+    );
+    buf[len_at..len_at + 2].copy_from_slice(&(len as u16).to_le_bytes());
+}
+
+fn put_str8(buf: &mut BytesMut, s: &[u8]) {
+    let s = &s[..s.len().min(u8::MAX as usize)];
+    buf.put_u8(s.len() as u8);
+    buf.put_slice(s);
+}
+
+fn put_token(buf: &mut BytesMut, token: &Token) {
+    buf.put_u16_le(token.shard);
+    buf.put_u64_le(token.lsn);
+}
+
+fn token(c: &mut Cursor<'_>) -> Result<Token, DecodeError> {
+    Ok(Token {
+        shard: c.u16()?,
+        lsn: c.u64()?,
+    })
+}
