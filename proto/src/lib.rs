@@ -16,6 +16,6 @@ mod routing;
 
 pub use error::{DecodeError, ErrorCode};
 pub use frame::{FrameBuilder, FrameHeader, FrameKind, HeaderCheck, PROTOCOL_VERSION};
-pub use reply::{HelloReply, OpError, Reply, StatsReply};
+pub use reply::{decode_reply_op, encode_error_reply, HelloReply, OpError, Reply, ReplyOp, StatsReply};
 pub use request::{check_name, CounterKind, Opcode, Request, RequestOps, Token};
 pub use routing::{name_hash, shard_of};

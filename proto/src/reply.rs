@@ -293,15 +293,22 @@ pub fn encode_error_reply(buf: &mut BytesMut, opcode: u8, code: ErrorCode, curre
     patch_len(buf, len_at, start);
 }
 
+/// One decoded reply op: the echoed opcode and the result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyOp {
+    pub opcode: u8,
+    pub result: Result<Reply, OpError>,
+}
+
 /// Decodes one reply op from the front of `buf`, returning it and the bytes consumed.
-pub fn decode_reply_op(buf: &[u8]) -> Result<((u8, Result<Reply, OpError>), usize), DecodeError> {
+pub fn decode_reply_op(buf: &[u8]) -> Result<(ReplyOp, usize), DecodeError> {
     let mut c = Cursor::new(buf, "reply op");
     let opcode = c.u8()?;
     let status = c.u16()?;
     let payload = c.str16()?;
     let consumed = buf.len() - c.remaining();
     if status == 0 {
-        return Ok(((opcode, Ok(Reply::decode(opcode, payload)?)), consumed));
+        return Ok((ReplyOp { opcode, result: Ok(Reply::decode(opcode, payload)?) }, consumed));
     }
     let mut p = Cursor::new(payload, "error payload");
     let flags = p.u8()?;
@@ -312,7 +319,7 @@ pub fn decode_reply_op(buf: &[u8]) -> Result<((u8, Result<Reply, OpError>), usiz
         current: (flags & ERROR_HAS_CURRENT != 0).then_some(current),
         message,
     };
-    Ok(((opcode, Err(error)), consumed))
+    Ok((ReplyOp { opcode, result: Err(error) }, consumed))
 }
 
 fn patch_len(buf: &mut BytesMut, len_at: usize, start: usize) {
