@@ -1,0 +1,144 @@
+//! `tallyd`'s configuration: command-line flags with `TALLY_*` environment equivalents.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use tally_engine::{HotConfig, NamespaceRule};
+use tally_proto::CounterKind;
+
+use crate::log::Level;
+
+/// tallyd: the Tally counter node. With no flags it serves on 127.0.0.1:7400 with data in
+/// ./tally-data, one shard per usable CPU.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "tallyd", version, about)]
+pub struct Config {
+    /// Main address. Every shard accepts here (SO_REUSEPORT); port 0 picks a free port.
+    #[arg(long, env = "TALLY_LISTEN", default_value = "127.0.0.1:7400")]
+    pub listen: SocketAddr,
+
+    /// Data directory (created if missing; locked against a second tallyd).
+    #[arg(long, env = "TALLY_DATA_DIR", default_value = "./tally-data")]
+    pub data_dir: PathBuf,
+
+    /// Number of shards (one glommio executor each). Default: the CPUs this process may run on.
+    #[arg(long, env = "TALLY_SHARDS")]
+    pub shards: Option<u16>,
+
+    /// Also serve on this Unix socket (sidecar mode); served by shard 0.
+    #[arg(long, env = "TALLY_UNIX_SOCKET")]
+    pub unix_socket: Option<PathBuf>,
+
+    /// First per-shard direct port (shard i listens on base + i). Default: listen port + 1, or
+    /// free ports when the listen port is 0.
+    #[arg(long, env = "TALLY_SHARD_PORT_BASE")]
+    pub shard_port_base: Option<u16>,
+
+    #[arg(long, env = "TALLY_LOG_LEVEL", value_enum, default_value = "info")]
+    pub log_level: Level,
+
+    /// Split a counter across shards above this many increments per second.
+    #[arg(long, env = "TALLY_SPLIT_RATE", default_value_t = 50_000)]
+    pub split_rate: u64,
+
+    /// Merge a split counter back below this many increments per second.
+    #[arg(long, env = "TALLY_MERGE_RATE", default_value_t = 5_000)]
+    pub merge_rate: u64,
+
+    /// Split this counter from its first increment (repeatable).
+    #[arg(long = "split-force", env = "TALLY_SPLIT_FORCE", value_delimiter = ',')]
+    pub split_force: Vec<String>,
+
+    /// Never split counters.
+    #[arg(long, env = "TALLY_NO_SPLIT")]
+    pub no_split: bool,
+
+    /// Names with this prefix are strict counters: `PREFIX[,min=N][,max=N]` (repeatable), e.g.
+    /// `--strict-namespace inv:,min=0`.
+    #[arg(long = "strict-namespace", env = "TALLY_STRICT_NAMESPACE")]
+    pub strict_namespaces: Vec<String>,
+
+    /// Idempotency-key dedup window in seconds.
+    #[arg(long, env = "TALLY_DEDUP_WINDOW_SECS", default_value_t = 300)]
+    pub dedup_window_secs: u64,
+}
+
+impl Config {
+    /// The hot-counter settings the engine gets.
+    pub fn hot(&self) -> HotConfig {
+        HotConfig {
+            enabled: !self.no_split,
+            split_rate_per_sec: self.split_rate,
+            merge_rate_per_sec: self.merge_rate,
+            forced: self.split_force.iter().map(|n| n.as_bytes().to_vec()).collect(),
+            ..HotConfig::default()
+        }
+    }
+
+    pub fn namespaces(&self) -> Result<Vec<NamespaceRule>, String> {
+        self.strict_namespaces
+            .iter()
+            .map(|spec| parse_namespace(spec))
+            .collect()
+    }
+}
+
+/// Parses `PREFIX[,min=N][,max=N]`.
+pub fn parse_namespace(spec: &str) -> Result<NamespaceRule, String> {
+    let mut parts = spec.split(',');
+    let prefix = parts.next().unwrap_or_default();
+    if prefix.is_empty() {
+        return Err(format!("strict namespace {spec:?}: empty prefix"));
+    }
+    let mut rule = NamespaceRule {
+        prefix: prefix.as_bytes().to_vec(),
+        kind: CounterKind::Strict,
+        min: None,
+        max: None,
+    };
+    for part in parts {
+        let (key, value) = part
+            .split_once('=')
+            .ok_or_else(|| format!("strict namespace {spec:?}: expected key=value, got {part:?}"))?;
+        let value: i64 = value
+            .parse()
+            .map_err(|e| format!("strict namespace {spec:?}: {key}: {e}"))?;
+        match key {
+            "min" => rule.min = Some(value),
+            "max" => rule.max = Some(value),
+            _ => return Err(format!("strict namespace {spec:?}: unknown option {key:?} (min, max)")),
+        }
+    }
+    if let (Some(min), Some(max)) = (rule.min, rule.max) {
+        if min > max {
+            return Err(format!("strict namespace {spec:?}: min {min} > max {max}"));
+        }
+    }
+    Ok(rule)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_need_no_flags() {
+        let config = Config::try_parse_from(["tallyd"]).unwrap();
+        assert_eq!(config.listen, "127.0.0.1:7400".parse().unwrap());
+        assert_eq!(config.data_dir, PathBuf::from("./tally-data"));
+        assert_eq!(config.shards, None);
+        assert!(config.hot().enabled);
+    }
+
+    #[test]
+    fn namespace_specs_parse_and_reject() {
+        let rule = parse_namespace("inv:,min=0,max=10").unwrap();
+        assert_eq!(rule.prefix, b"inv:");
+        assert_eq!((rule.min, rule.max), (Some(0), Some(10)));
+        assert!(parse_namespace(",min=0").is_err());
+        assert!(parse_namespace("inv:,min=5,max=1").is_err());
+        assert!(parse_namespace("inv:,floor=1").is_err());
+        assert!(parse_namespace("inv:,min=x").is_err());
+    }
+}

@@ -1,0 +1,77 @@
+//! Messages between shards.
+//!
+//! Two meshes connect every pair of shards, each a bounded glommio channel per (source,
+//! destination): `ShardRequest`s travel on the request mesh and `ShardReply`s on the reply mesh.
+//! The split is what makes bounded queues deadlock-free: a shard's reply receiver only fills in
+//! local state and never sends, so the reply mesh always drains; a request receiver only ever
+//! waits on the reply mesh. With one mesh, two shards whose queues to each other were full could
+//! each wait forever to send the reply the other needs to make room.
+
+use std::sync::Arc;
+
+use tally_engine::{Outcome, ShardStats};
+
+/// Work for another shard. Ops travel in their wire encoding (`opcode | len | payload`), decoded
+/// again by the receiver: cheaper than an owned copy of every field and never out of step with
+/// the protocol.
+pub enum ShardRequest {
+    Ops {
+        id: u64,
+        client: Arc<[u8]>,
+        now_ms: u64,
+        count: u16,
+        ops: Vec<u8>,
+    },
+    Stats {
+        id: u64,
+    },
+}
+
+/// The answer to a `ShardRequest`, sent back to the shard that asked.
+pub enum ShardReply {
+    /// One outcome per op, in order.
+    Ops {
+        id: u64,
+        outcomes: Vec<Outcome>,
+    },
+    Stats {
+        id: u64,
+        stats: Box<ShardFigures>,
+    },
+}
+
+/// Everything one shard reports for STATS.
+#[derive(Debug, Clone, Default)]
+pub struct ShardFigures {
+    pub shard: u16,
+    pub engine: ShardStats,
+    pub split_names: Vec<Vec<u8>>,
+    pub connections: u64,
+    pub frames: u64,
+    pub ops_forwarded_out: u64,
+    pub ops_forwarded_in: u64,
+}
+
+impl ShardFigures {
+    /// Appends this shard's named figures (`shard.N.key`).
+    pub fn push_figures(&self, out: &mut Vec<(String, i64)>) {
+        let s = self.shard;
+        let e = &self.engine;
+        let figures: [(&str, u64); 11] = [
+            ("counters", e.counters),
+            ("strict_counters", e.strict_counters),
+            ("split_owned", e.split_owned),
+            ("ops_applied", e.ops_applied),
+            ("ops_failed", e.ops_failed),
+            ("lsn", e.lsn),
+            ("memory_bytes", e.memory_bytes),
+            ("connections", self.connections),
+            ("frames", self.frames),
+            ("ops_forwarded_out", self.ops_forwarded_out),
+            ("ops_forwarded_in", self.ops_forwarded_in),
+        ];
+        for (key, value) in figures {
+            out.push((format!("shard.{s}.{key}"), i64::try_from(value).unwrap_or(i64::MAX)));
+        }
+    }
+}

@@ -1,0 +1,454 @@
+//! Starting and stopping a node: one glommio executor per shard, pinned to the CPUs this process
+//! may use, each with its listeners, mesh endpoints and engine.
+//!
+//! Startup: the main thread checks the address, sizes locked memory and spawns the executors.
+//! Each executor binds its direct port, joins both meshes, publishes its mesh peer id, waits for
+//! all shards (a startup barrier), then binds the shared main port (SO_REUSEPORT, so the kernel
+//! spreads connections over shards) and reports ready.
+//!
+//! Shutdown: `NodeShared::shutdown` is set (by a signal in tallyd, by `Node::stop` in-process).
+//! Each shard stops accepting, lets its connections answer what they have read, then waits until
+//! every shard has drained before its executor exits, so forwarded requests always find their
+//! owner still running.
+
+use std::net::{SocketAddr, TcpListener as StdTcpListener};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::net::{TcpListener, UnixListener};
+use glommio::sync::Gate;
+use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
+use tally_engine::{HotConfig, NamespaceRule, Shard, ShardConfig, SplitRegistry};
+use tally_proto::limits::{CONNECTIONS_MAX, SHARDS_MAX};
+use tally_proto::ErrorCode;
+
+use crate::config::Config;
+use crate::connection::{self, now_ms};
+use crate::limits::{CROSS_SHARD_QUEUE_DEPTH, SHUTDOWN_DRAIN_MS_MAX, SHUTDOWN_POLL_MS};
+use crate::log;
+use crate::log::Level;
+use crate::mesh::{ShardReply, ShardRequest};
+use crate::shard::{shutdown_requested, spawn_reply_receivers, spawn_request_receivers, ShardRuntime};
+use crate::system::{lock_data_dir, plan_memlock, usable_cpus, DataDirLock};
+
+/// How long startup waits for every shard to reach the barrier before giving up.
+const STARTUP_BARRIER_MS_MAX: u64 = 30_000;
+
+/// State every shard of a node reads; written only at startup and shutdown.
+pub struct NodeShared {
+    pub shards: u16,
+    pub shard_ports: Vec<AtomicU16>,
+    pub connections: AtomicUsize,
+    pub shutdown: AtomicBool,
+    pub started: Instant,
+    peer_of: Vec<AtomicUsize>,
+    joined: AtomicUsize,
+    drained: AtomicUsize,
+    failed: AtomicBool,
+}
+
+/// What an engine of this node is configured with.
+#[derive(Clone)]
+struct EngineSettings {
+    hot: HotConfig,
+    namespaces: Vec<NamespaceRule>,
+    dedup_window_ms: u64,
+}
+
+/// A running node. Dropping it without `stop` leaves the executors running until the process exits.
+pub struct Node {
+    shared: Arc<NodeShared>,
+    handles: Vec<ExecutorJoinHandle<()>>,
+    pub listen: SocketAddr,
+    pub unix_socket: Option<PathBuf>,
+    pub shard_ports: Vec<u16>,
+    pub cpus: Vec<usize>,
+    pub io_memory_bytes: usize,
+    _lock: DataDirLock,
+}
+
+impl Node {
+    /// Starts a node and returns once every shard serves.
+    pub fn start(config: &Config) -> Result<Node, String> {
+        log::set_level(config.log_level);
+        let cpus = usable_cpus().map_err(|e| format!("sched_getaffinity: {e}"))?;
+        let shards = config.shards.unwrap_or(cpus.len().min(SHARDS_MAX as usize) as u16);
+        if shards == 0 || shards > SHARDS_MAX {
+            return Err(format!("--shards must be 1..={SHARDS_MAX}, got {shards}"));
+        }
+        let settings = EngineSettings {
+            hot: config.hot(),
+            namespaces: config.namespaces()?,
+            dedup_window_ms: config.dedup_window_secs.saturating_mul(1000),
+        };
+        let lock = lock_data_dir(&config.data_dir)?;
+        let memlock = plan_memlock(shards)?;
+        if memlock.io_memory_bytes < crate::limits::IO_MEMORY_BYTES_DEFAULT {
+            log!(
+                Level::Warn,
+                "locked-memory limit {} KiB: io_memory shrunk to {} KiB per shard (raise `ulimit -l` for the default)",
+                memlock.limit_bytes / 1024,
+                memlock.io_memory_bytes / 1024
+            );
+        }
+        let listen = resolve_listen(config.listen)?;
+        let direct_ports = direct_ports(config, listen, shards)?;
+        let shared = Arc::new(NodeShared {
+            shards,
+            shard_ports: (0..shards).map(|_| AtomicU16::new(0)).collect(),
+            connections: AtomicUsize::new(0),
+            shutdown: AtomicBool::new(false),
+            started: Instant::now(),
+            peer_of: (0..shards).map(|_| AtomicUsize::new(usize::MAX)).collect(),
+            joined: AtomicUsize::new(0),
+            drained: AtomicUsize::new(0),
+            failed: AtomicBool::new(false),
+        });
+        let splits = Arc::new(SplitRegistry::new(shards));
+        let request_mesh = MeshBuilder::<ShardRequest, _>::full(shards as usize, CROSS_SHARD_QUEUE_DEPTH);
+        let reply_mesh = MeshBuilder::<ShardReply, _>::full(shards as usize, CROSS_SHARD_QUEUE_DEPTH);
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<u16, String>>();
+        let mut handles = Vec::new();
+        for shard in 0..shards {
+            let cpu = cpus[shard as usize % cpus.len()];
+            let start = ShardStart {
+                shard,
+                listen,
+                direct_port: direct_ports[shard as usize],
+                unix_socket: if shard == 0 { config.unix_socket.clone() } else { None },
+                shared: shared.clone(),
+                splits: splits.clone(),
+                settings: settings.clone(),
+                request_mesh: request_mesh.clone(),
+                reply_mesh: reply_mesh.clone(),
+                ready: ready_tx.clone(),
+            };
+            let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+                .name(&format!("tally-shard-{shard}"))
+                .io_memory(memlock.io_memory_bytes)
+                .spawn(move || run_shard(start))
+                .map_err(|e| format!("start executor for shard {shard} on cpu {cpu}: {e}"))?;
+            handles.push(handle);
+        }
+        drop(ready_tx);
+        let mut errors = Vec::new();
+        for _ in 0..shards {
+            match ready_rx.recv() {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => errors.push(error),
+                Err(_) => {
+                    errors.push("a shard exited during startup".to_string());
+                    break;
+                }
+            }
+        }
+        let node = Node {
+            shard_ports: shared.shard_ports.iter().map(|p| p.load(Ordering::Acquire)).collect(),
+            shared,
+            handles,
+            listen,
+            unix_socket: config.unix_socket.clone(),
+            cpus,
+            io_memory_bytes: memlock.io_memory_bytes,
+            _lock: lock,
+        };
+        if !errors.is_empty() {
+            node.shared.failed.store(true, Ordering::Release);
+            node.stop();
+            return Err(errors.join("; "));
+        }
+        Ok(node)
+    }
+
+    pub fn shards(&self) -> u16 {
+        self.shared.shards
+    }
+
+    /// Asks every shard to stop and waits for the executors to exit.
+    pub fn stop(self) {
+        self.shared.shutdown.store(true, Ordering::Release);
+        for handle in self.handles {
+            if let Err(error) = handle.join() {
+                log!(Level::Error, "shard executor failed: {error}");
+            }
+        }
+        if let Some(path) = &self.unix_socket {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    /// Requests shutdown without waiting (e.g. from a signal thread).
+    pub fn request_stop(&self) {
+        self.shared.shutdown.store(true, Ordering::Release);
+    }
+}
+
+/// Port 0 is resolved here so that every shard binds the same port. A non-zero port is checked
+/// to be free without SO_REUSEPORT: otherwise a stale tallyd on the same port would silently
+/// share its connections with this one.
+fn resolve_listen(listen: SocketAddr) -> Result<SocketAddr, String> {
+    let probe = StdTcpListener::bind(listen).map_err(|e| format!("listen address {listen}: {e}"))?;
+    probe.local_addr().map_err(|e| format!("listen address {listen}: {e}"))
+}
+
+fn direct_ports(config: &Config, listen: SocketAddr, shards: u16) -> Result<Vec<u16>, String> {
+    let base = match config.shard_port_base {
+        Some(base) => Some(base),
+        None if config.listen.port() == 0 => None,
+        None => Some(
+            listen
+                .port()
+                .checked_add(1)
+                .ok_or("listen port 65535 leaves no room for shard ports")?,
+        ),
+    };
+    let Some(base) = base else {
+        return Ok(vec![0; shards as usize]);
+    };
+    let mut ports = Vec::new();
+    for shard in 0..shards {
+        let port = base
+            .checked_add(shard)
+            .ok_or_else(|| format!("shard port base {base} + {shard} exceeds 65535"))?;
+        let addr = SocketAddr::new(listen.ip(), port);
+        StdTcpListener::bind(addr).map_err(|e| format!("shard {shard} port {addr}: {e}"))?;
+        ports.push(port);
+    }
+    Ok(ports)
+}
+
+struct ShardStart {
+    shard: u16,
+    listen: SocketAddr,
+    direct_port: u16,
+    unix_socket: Option<PathBuf>,
+    shared: Arc<NodeShared>,
+    splits: Arc<SplitRegistry>,
+    settings: EngineSettings,
+    request_mesh: MeshBuilder<ShardRequest, glommio::channels::channel_mesh::Full>,
+    reply_mesh: MeshBuilder<ShardReply, glommio::channels::channel_mesh::Full>,
+    ready: mpsc::Sender<Result<u16, String>>,
+}
+
+async fn run_shard(start: ShardStart) {
+    let ShardStart {
+        shard,
+        listen,
+        direct_port,
+        unix_socket,
+        shared,
+        splits,
+        settings,
+        request_mesh,
+        reply_mesh,
+        ready,
+    } = start;
+    let fail = |message: String| {
+        shared.failed.store(true, Ordering::Release);
+        let _ = ready.send(Err(message));
+    };
+    let direct = match TcpListener::bind(SocketAddr::new(listen.ip(), direct_port)) {
+        Ok(listener) => listener,
+        Err(e) => return fail(format!("shard {shard}: bind direct port {direct_port}: {e}")),
+    };
+    let port = direct.local_addr().map(|a| a.port()).unwrap_or(0);
+    shared.shard_ports[shard as usize].store(port, Ordering::Release);
+    let (Ok((request_tx, request_rx)), Ok((reply_tx, reply_rx))) = (request_mesh.join().await, reply_mesh.join().await)
+    else {
+        return fail(format!("shard {shard}: could not join the cross-shard mesh"));
+    };
+    shared.peer_of[shard as usize].store(request_tx.peer_id(), Ordering::Release);
+    assert_eq!(
+        request_tx.peer_id(),
+        reply_tx.peer_id(),
+        "both meshes order peers by executor id"
+    );
+    shared.joined.fetch_add(1, Ordering::AcqRel);
+    if !barrier(&shared, &shared.joined).await {
+        return fail(format!("shard {shard}: another shard failed to start"));
+    }
+    let peer_of = shared.peer_of.iter().map(|p| p.load(Ordering::Acquire)).collect();
+
+    let mut config = ShardConfig::new(shard, shared.shards);
+    config.hot = settings.hot.clone();
+    config.namespaces = settings.namespaces.clone();
+    config.dedup_window_ms = settings.dedup_window_ms;
+    let engine = Shard::new(config, splits);
+    let runtime = Rc::new(ShardRuntime::new(
+        shard,
+        shared.clone(),
+        engine,
+        request_tx,
+        reply_tx,
+        peer_of,
+    ));
+    spawn_request_receivers(&runtime, request_rx);
+    spawn_reply_receivers(&runtime, reply_rx);
+
+    let main = match TcpListener::bind(listen) {
+        Ok(listener) => listener,
+        Err(e) => return fail(format!("shard {shard}: bind {listen}: {e}")),
+    };
+    let unix = match &unix_socket {
+        Some(path) => {
+            let _ = std::fs::remove_file(path);
+            match UnixListener::bind(path) {
+                Ok(listener) => Some(listener),
+                Err(e) => return fail(format!("bind unix socket {}: {e}", path.display())),
+            }
+        }
+        None => None,
+    };
+    let connections = Rc::new(Gate::new());
+    let accepts = Rc::new(Gate::new());
+    spawn_tcp_accept(&runtime, &accepts, &connections, main);
+    spawn_tcp_accept(&runtime, &accepts, &connections, direct);
+    if let Some(unix) = unix {
+        spawn_unix_accept(&runtime, &accepts, &connections, unix);
+    }
+    let _ = ready.send(Ok(shard));
+    drop(ready);
+
+    tick_until_shutdown(&runtime, &settings.hot).await;
+
+    // Stop accepting, let connections answer what they read, then wait for the other shards.
+    runtime.shutdown.close();
+    let _ = accepts.close().await;
+    let _ = connections.close().await;
+    shared.drained.fetch_add(1, Ordering::AcqRel);
+    let deadline = Instant::now() + Duration::from_millis(SHUTDOWN_DRAIN_MS_MAX);
+    while shared.drained.load(Ordering::Acquire) < shared.shards as usize && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(1)).await;
+    }
+    log!(Level::Debug, "shard {shard} stopped");
+}
+
+/// Waits until `counter` reaches the shard count or a shard fails. Startup only.
+async fn barrier(shared: &NodeShared, counter: &AtomicUsize) -> bool {
+    let deadline = Instant::now() + Duration::from_millis(STARTUP_BARRIER_MS_MAX);
+    while counter.load(Ordering::Acquire) < shared.shards as usize {
+        if shared.failed.load(Ordering::Acquire) || Instant::now() > deadline {
+            return false;
+        }
+        glommio::timer::sleep(Duration::from_millis(1)).await;
+    }
+    true
+}
+
+/// Runs the engine's periodic work until shutdown is requested.
+async fn tick_until_shutdown(runtime: &Rc<ShardRuntime>, hot: &HotConfig) {
+    let mut next_tick = Instant::now() + Duration::from_millis(hot.tick_ms);
+    loop {
+        glommio::timer::sleep(Duration::from_millis(SHUTDOWN_POLL_MS)).await;
+        if shutdown_requested(&runtime.node) || runtime.node.failed.load(Ordering::Acquire) {
+            return;
+        }
+        if Instant::now() >= next_tick {
+            runtime.engine.borrow_mut().tick(now_ms());
+            next_tick += Duration::from_millis(hot.tick_ms);
+        }
+    }
+}
+
+/// Counts a connection for its life; refuses it beyond `CONNECTIONS_MAX`.
+struct ConnectionSlot {
+    runtime: Rc<ShardRuntime>,
+}
+
+impl ConnectionSlot {
+    fn take(runtime: &Rc<ShardRuntime>) -> Option<ConnectionSlot> {
+        let before = runtime.node.connections.fetch_add(1, Ordering::AcqRel);
+        if before >= CONNECTIONS_MAX {
+            runtime.node.connections.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        runtime.counters.connections.set(runtime.counters.connections.get() + 1);
+        Some(ConnectionSlot {
+            runtime: runtime.clone(),
+        })
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.runtime.node.connections.fetch_sub(1, Ordering::AcqRel);
+        let counters = &self.runtime.counters;
+        counters.connections.set(counters.connections.get() - 1);
+    }
+}
+
+macro_rules! accept_loop {
+    ($runtime:expr, $accepts:expr, $connections:expr, $listener:expr, $setup:expr) => {{
+        let runtime = $runtime.clone();
+        let connections = $connections.clone();
+        let listener = $listener;
+        // A dropped glommio Task is cancelled: detach, the gate tracks it.
+        let accept_task = $accepts.spawn(async move {
+            loop {
+                let shutdown = runtime.shutdown.clone();
+                let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async move {
+                    let _ = shutdown.acquire(1).await;
+                    None
+                })
+                .await;
+                let stream = match accepted {
+                    None => break,
+                    Some(Ok(stream)) => stream,
+                    Some(Err(e)) => {
+                        // Out of descriptors or a reset during accept: back off briefly, keep serving.
+                        log!(Level::Warn, "shard {}: accept: {e}", runtime.id);
+                        glommio::timer::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                #[allow(clippy::redundant_closure_call)]
+                ($setup)(&stream);
+                let Some(slot) = ConnectionSlot::take(&runtime) else {
+                    glommio::spawn_local(async move {
+                        let message = format!("node is at CONNECTIONS_MAX {CONNECTIONS_MAX}");
+                        connection::refuse(stream, ErrorCode::TooManyConnections, &message).await;
+                    })
+                    .detach();
+                    continue;
+                };
+                let runtime = runtime.clone();
+                match connections.spawn(async move {
+                    connection::serve(runtime, stream).await;
+                    drop(slot);
+                }) {
+                    Ok(task) => task.detach(),
+                    Err(_) => break, // The gate is closed: shutting down.
+                };
+            }
+        });
+        if let Ok(task) = accept_task {
+            task.detach();
+        }
+    }};
+}
+
+fn spawn_tcp_accept(runtime: &Rc<ShardRuntime>, accepts: &Rc<Gate>, connections: &Rc<Gate>, listener: TcpListener) {
+    accept_loop!(
+        runtime,
+        accepts,
+        connections,
+        listener,
+        |stream: &glommio::net::TcpStream| {
+            let _ = stream.set_nodelay(true);
+        }
+    );
+}
+
+fn spawn_unix_accept(runtime: &Rc<ShardRuntime>, accepts: &Rc<Gate>, connections: &Rc<Gate>, listener: UnixListener) {
+    accept_loop!(
+        runtime,
+        accepts,
+        connections,
+        listener,
+        |_: &glommio::net::UnixStream| {}
+    );
+}
