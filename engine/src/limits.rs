@@ -1,0 +1,72 @@
+//! The engine's limits. Each one bounds a resource of one shard or a value range, and says why it
+//! has the value it has. Wire limits (name length, shard count) live in `tally_proto::limits`.
+
+use tally_proto::limits::{NAME_BYTES_MAX, SHARDS_MAX};
+
+/// Bytes per chunk of the name arena. Names never span chunks, so at most `NAME_BYTES_MAX - 1`
+/// bytes per chunk are wasted (0.02% of 1 MiB); 1 MiB chunks are large enough that the chunk list
+/// stays tiny (4096 entries for a full arena) and small enough that a shard with a handful of names
+/// does not pin much memory.
+pub const ARENA_CHUNK_BYTES: usize = 1 << 20;
+
+/// Most name bytes one shard may store. Table entries address names with a u32 offset, so 4 GiB
+/// is the ceiling; at ~20-byte names that is ~200M names per shard, far past the 10M-names-per-node
+/// target. Past it, creating a name fails with `ErrorCode::TableFull`.
+pub const ARENA_BYTES_MAX: u64 = 1 << 32;
+
+/// Most RESET records one shard keeps in memory for `Shard::audit`. Resets are rare admin actions;
+/// 1024 records of at most ~1.3 KiB each bound the ring at ~1.3 MiB per shard. The durable audit
+/// trail is the log, not this ring.
+pub const AUDIT_RECORDS_MAX: usize = 1024;
+
+/// Default idempotency window: a retry within 5 minutes of the first attempt is recognised. Client
+/// retries with backoff finish within seconds; 5 minutes also covers a client that reconnects after
+/// a node restart.
+pub const DEDUP_WINDOW_MS: u64 = 5 * 60 * 1000;
+
+/// Most idempotency keys one shard remembers. Each costs ~56 bytes in the time-ordered ring plus
+/// ~9 bytes of index, so a full set is ~70 MiB per shard. At more than
+/// `DEDUP_ENTRIES_MAX / DEDUP_WINDOW_MS` keyed writes per millisecond (~3.5K/s per shard) the
+/// oldest keys are evicted early: the effective window shrinks to `DEDUP_ENTRIES_MAX / rate`
+/// (1 s at 1M keyed writes/s per shard), and `ShardStats::dedup_evicted_early` counts it.
+pub const DEDUP_ENTRIES_MAX: usize = 1 << 20;
+
+/// Largest absolute amount one shard's slot of a split counter may hold. The owner's exact sum adds
+/// up to `SHARDS_MAX` slots to its own part, so `SHARDS_MAX * SPLIT_SLOT_ABS_MAX +
+/// SPLIT_VALUE_ABS_MAX` must fit an i64: just under 2^54 per slot. A slot increment that would
+/// cross it is forwarded to the owner instead, so it only costs a cross-shard hop, never an error.
+pub const SPLIT_SLOT_ABS_MAX: i64 = (1 << 62) / SHARDS_MAX as i64 - 1;
+
+/// Largest absolute value of the owner's own part of a split counter. An increment at the owner
+/// that would cross it fails with `Overflow`: split counters have a range of about ±2^62 instead of
+/// the full i64 range, the price of never overflowing when the slots are folded back.
+pub const SPLIT_VALUE_ABS_MAX: i64 = 1 << 62;
+
+/// A counter whose absolute value is above this is never split, so a freshly split counter has at
+/// least 2^61 of headroom before the owner's part reaches `SPLIT_VALUE_ABS_MAX`.
+pub const SPLIT_ELIGIBLE_ABS_MAX: u64 = 1 << 61;
+
+/// Most split counters one shard owns at once. A split cell costs one 64-byte line per shard
+/// (16 KiB at `SHARDS_MAX` shards) and every owner read of it sums all slots; hot counters are few
+/// by nature (a workload's top handful), so 256 is generous and bounds the cells at 4 MiB per shard.
+pub const SPLIT_OWNED_MAX: usize = 256;
+
+/// Entries of the heavy-hitters sketch (space-saving) that finds hot counters. Any counter with more
+/// than 1/32 of a shard's sampled increments in a tick is guaranteed to be tracked; a counter hot
+/// enough to need splitting is a large share of its shard's load, so 32 is plenty, and the sketch
+/// is a 1 KiB array scanned linearly on each sample.
+pub const HOT_SKETCH_SLOTS: usize = 32;
+
+/// Default sampling period of the hot sketch: one increment in 16 (on average) updates it, so the
+/// per-increment cost is a counter decrement. At the default 50K/s split rate and 100 ms ticks a
+/// hot counter yields ~312 samples per tick, a relative error of ~6%.
+pub const HOT_SAMPLE_EVERY_DEFAULT: u32 = 16;
+
+const _: () = assert!(ARENA_CHUNK_BYTES >= NAME_BYTES_MAX);
+const _: () = assert!(ARENA_BYTES_MAX / ARENA_CHUNK_BYTES as u64 * ARENA_CHUNK_BYTES as u64 == ARENA_BYTES_MAX);
+const _: () = assert!(ARENA_BYTES_MAX <= u32::MAX as u64 + 1);
+const _: () = assert!(DEDUP_ENTRIES_MAX <= (u32::MAX / 2) as usize);
+const _: () =
+    assert!((SHARDS_MAX as i128) * (SPLIT_SLOT_ABS_MAX as i128) + (SPLIT_VALUE_ABS_MAX as i128) <= i64::MAX as i128);
+const _: () = assert!(SPLIT_ELIGIBLE_ABS_MAX < SPLIT_VALUE_ABS_MAX as u64);
+const _: () = assert!(HOT_SKETCH_SLOTS > 0);
