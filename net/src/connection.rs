@@ -27,7 +27,7 @@ use tally_proto::{
 
 use crate::limits::{READ_BUFFER_BYTES, WRITE_FLUSH_BYTES};
 use crate::mesh::ShardFigures;
-use crate::shard::{failure_of, ShardRuntime};
+use crate::shard::{failure_of, ForwardBatch, ShardRuntime};
 
 /// One slot of a frame's reply.
 pub enum Item {

@@ -17,6 +17,16 @@ use crate::connection::{FrameState, Item};
 use crate::mesh::{ShardFigures, ShardReply, ShardRequest};
 use crate::node::NodeShared;
 
+/// Ops of one frame bound for one other shard, in their wire encoding, with the frame slots
+/// (`indices`) their outcomes fill.
+pub struct ForwardBatch {
+    pub shard: u16,
+    pub indices: Vec<u16>,
+    pub ops: Vec<u8>,
+    pub client: Arc<[u8]>,
+    pub now_ms: u64,
+}
+
 /// A request this shard sent to another and the frame slots its reply fills.
 enum Waiting {
     Ops {
@@ -88,16 +98,14 @@ impl ShardRuntime {
     /// Sends a batch of encoded ops to `shard`; the reply fills `indices` of `frame` and wakes the
     /// connection's writer. Waits (and so stops the calling connection's reader) while the
     /// destination's queue is full.
-    pub async fn forward_ops(
-        &self,
-        shard: u16,
-        frame: &Rc<RefCell<FrameState>>,
-        indices: Vec<u16>,
-        ops: Vec<u8>,
-        client: Arc<[u8]>,
-        now_ms: u64,
-        wake: &Rc<Semaphore>,
-    ) {
+    pub async fn forward_ops(&self, batch: ForwardBatch, frame: &Rc<RefCell<FrameState>>, wake: &Rc<Semaphore>) {
+        let ForwardBatch {
+            shard,
+            indices,
+            ops,
+            client,
+            now_ms,
+        } = batch;
         assert_ne!(shard, self.id);
         let id = self.take_id();
         let count = u16::try_from(indices.len()).expect("a frame has at most OPS_PER_FRAME_MAX ops");

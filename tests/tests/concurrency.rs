@@ -245,7 +245,7 @@ fn a_split_counter_sums_exactly_across_shards() {
             })
         })
         .collect();
-    let split_seen = threads.into_iter().map(|t| t.join().unwrap()).all(|seen| seen);
+    let split_seen = threads.into_iter().all(|t| t.join().unwrap());
     assert!(split_seen, "every client was told the counter is split");
     let mut conn = RawConn::connect(&server.addr);
     assert_eq!(
