@@ -396,17 +396,14 @@ async fn serve_frame(conn: &Rc<Conn>, header: &FrameHeader, body: &[u8]) {
     }
     let client = conn.client.borrow().clone();
     for batch in outgoing {
-        shard
-            .forward_ops(
-                batch.shard,
-                &frame,
-                batch.indices,
-                batch.ops.to_vec(),
-                client.clone(),
-                now_ms,
-                &conn.wake,
-            )
-            .await;
+        let batch = ForwardBatch {
+            shard: batch.shard,
+            indices: batch.indices,
+            ops: batch.ops.to_vec(),
+            client: client.clone(),
+            now_ms,
+        };
+        shard.forward_ops(batch, &frame, &conn.wake).await;
     }
     if let Some(index) = stats_at {
         if shard.node.shards > 1 {
