@@ -198,6 +198,29 @@ impl RawConn {
         self.stream.write_all(bytes).expect("write");
     }
 
+    /// Like `connect`, but an error instead of a panic (the server may be down).
+    pub fn try_connect(addr: &str) -> std::io::Result<RawConn> {
+        let stream = TcpStream::connect(addr)?;
+        stream.set_read_timeout(Some(READ_TIMEOUT))?;
+        stream.set_nodelay(true)?;
+        Ok(RawConn { stream, next_id: 1 })
+    }
+
+    /// Sends bytes; an error instead of a panic.
+    pub fn try_send_bytes(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
+    /// Reads one reply frame; an error instead of a panic if the connection breaks.
+    pub fn try_read_reply(&mut self) -> std::io::Result<(u64, RawReply)> {
+        let mut header = [0u8; FRAME_HEADER_BYTES];
+        self.stream.read_exact(&mut header)?;
+        let parsed = FrameHeader::parse(&header).map_err(|e| std::io::Error::other(e.to_string()))?;
+        let mut body = vec![0u8; parsed.body_len as usize];
+        self.stream.read_exact(&mut body)?;
+        Ok((parsed.request_id, decode_body(&parsed, &body)))
+    }
+
     /// Sends one frame of `ops` and reads its reply.
     pub fn call(&mut self, ops: &[Request<'_>]) -> RawReply {
         let (bytes, id) = self.frame(ops);
@@ -209,34 +232,33 @@ impl RawConn {
 
     /// Reads one reply frame: its request id and contents.
     pub fn read_reply(&mut self) -> (u64, RawReply) {
-        let mut header = [0u8; FRAME_HEADER_BYTES];
-        self.stream.read_exact(&mut header).expect("read reply header");
-        let parsed = FrameHeader::parse(&header).expect("valid reply header");
-        let mut body = vec![0u8; parsed.body_len as usize];
-        self.stream.read_exact(&mut body).expect("read reply body");
-        match parsed.frame_kind() {
-            Some(FrameKind::Error) => {
-                let (code, message) = decode_error_frame(&body).expect("error frame");
-                (parsed.request_id, RawReply::Refused { code, message })
-            }
-            Some(FrameKind::Response) => {
-                let mut ops = Vec::new();
-                let mut at = 0;
-                for _ in 0..parsed.op_count {
-                    let (op, used) = decode_reply_op(&body[at..]).expect("reply op");
-                    ops.push(op);
-                    at += used;
-                }
-                assert_eq!(at, body.len(), "reply frame has no trailing bytes");
-                (parsed.request_id, RawReply::Ops(ops))
-            }
-            other => panic!("unexpected frame kind {other:?}"),
-        }
+        self.try_read_reply().expect("read reply")
     }
 
     /// True once the server has closed this connection (read returns EOF).
     pub fn is_closed(&mut self) -> bool {
         let mut byte = [0u8; 1];
         matches!(self.stream.read(&mut byte), Ok(0))
+    }
+}
+
+fn decode_body(header: &FrameHeader, body: &[u8]) -> RawReply {
+    match header.frame_kind() {
+        Some(FrameKind::Error) => {
+            let (code, message) = decode_error_frame(body).expect("error frame");
+            RawReply::Refused { code, message }
+        }
+        Some(FrameKind::Response) => {
+            let mut ops = Vec::new();
+            let mut at = 0;
+            for _ in 0..header.op_count {
+                let (op, used) = decode_reply_op(&body[at..]).expect("reply op");
+                ops.push(op);
+                at += used;
+            }
+            assert_eq!(at, body.len(), "reply frame has no trailing bytes");
+            RawReply::Ops(ops)
+        }
+        other => panic!("unexpected frame kind {other:?}"),
     }
 }
