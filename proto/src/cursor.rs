@@ -85,3 +85,59 @@ impl<'a> Cursor<'a> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bad_frame(result: Result<impl std::fmt::Debug, DecodeError>) -> String {
+        match result {
+            Err(DecodeError::Invalid {
+                code: ErrorCode::BadFrame,
+                message,
+            }) => message,
+            other => panic!("expected BadFrame, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn reads_little_endian_integers_in_order() {
+        let mut buf = vec![0xab];
+        buf.extend_from_slice(&0x1234u16.to_le_bytes());
+        buf.extend_from_slice(&0x0102_0304_0506_0708u64.to_le_bytes());
+        buf.extend_from_slice(&(-2i64).to_le_bytes());
+        buf.extend_from_slice(&(u128::MAX - 1).to_le_bytes());
+        let mut c = Cursor::new(&buf, "test");
+        assert_eq!(c.u8().unwrap(), 0xab);
+        assert_eq!(c.u16().unwrap(), 0x1234);
+        assert_eq!(c.u64().unwrap(), 0x0102_0304_0506_0708);
+        assert_eq!(c.i64().unwrap(), -2);
+        assert_eq!(c.u128().unwrap(), u128::MAX - 1);
+        assert_eq!(c.remaining(), 0);
+        c.finish().unwrap();
+    }
+
+    #[test]
+    fn running_out_is_bad_frame_and_consumes_nothing() {
+        let buf = [1u8, 2, 3];
+        let mut c = Cursor::new(&buf, "thing");
+        let message = bad_frame(c.u64());
+        assert_eq!(message, "thing truncated: wanted 8 bytes, 3 left");
+        assert_eq!(c.remaining(), 3, "a failed read does not advance");
+        assert_eq!(c.u16().unwrap(), 0x0201);
+    }
+
+    #[test]
+    fn length_prefixed_strings() {
+        let buf = [2u8, b'h', b'i', 3, 0, b'a', b'b', b'c', 9];
+        let mut c = Cursor::new(&buf, "s");
+        assert_eq!(c.str8().unwrap(), b"hi");
+        assert_eq!(c.str16().unwrap(), b"abc");
+        assert_eq!(bad_frame(c.finish()), "s has 1 trailing bytes");
+        assert_eq!(c.rest(), &[9]);
+        assert_eq!(c.remaining(), 0);
+        // A length that points past the end is malformed, not incomplete.
+        let mut c = Cursor::new(&[5, b'x'], "s");
+        bad_frame(c.str8());
+    }
+}

@@ -148,3 +148,81 @@ impl DecodeError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The wire numbers and names, written out by hand. A reordered, renumbered or renamed code
+    /// fails here: clients in the field branch on these numbers.
+    const EXPECTED: [(ErrorCode, u16, &str); 24] = [
+        (ErrorCode::BadFrame, 1, "bad_frame"),
+        (ErrorCode::FrameTooLarge, 2, "frame_too_large"),
+        (ErrorCode::TooManyOps, 3, "too_many_ops"),
+        (ErrorCode::UnknownOp, 4, "unknown_op"),
+        (ErrorCode::NameEmpty, 5, "name_empty"),
+        (ErrorCode::NameTooLong, 6, "name_too_long"),
+        (ErrorCode::ReasonTooLong, 7, "reason_too_long"),
+        (ErrorCode::Overflow, 8, "overflow"),
+        (ErrorCode::WrongKind, 9, "wrong_kind"),
+        (ErrorCode::BoundViolation, 10, "bound_violation"),
+        (ErrorCode::CasMismatch, 11, "cas_mismatch"),
+        (ErrorCode::NotFound, 12, "not_found"),
+        (ErrorCode::AlreadyExists, 13, "already_exists"),
+        (ErrorCode::InvalidArgument, 14, "invalid_argument"),
+        (ErrorCode::UnsupportedVersion, 15, "unsupported_version"),
+        (ErrorCode::TooManyConnections, 16, "too_many_connections"),
+        (ErrorCode::Overloaded, 17, "overloaded"),
+        (ErrorCode::ShuttingDown, 18, "shutting_down"),
+        (ErrorCode::TableFull, 19, "table_full"),
+        (ErrorCode::IdempotencyConflict, 20, "idempotency_conflict"),
+        (ErrorCode::LogPoisoned, 21, "log_poisoned"),
+        (ErrorCode::DiskFull, 22, "disk_full"),
+        (ErrorCode::NotPrimary, 23, "not_primary"),
+        (ErrorCode::Internal, 24, "internal"),
+    ];
+
+    #[test]
+    fn error_code_numbers_and_names_are_stable() {
+        for (code, number, name) in EXPECTED {
+            assert_eq!(code as u16, number, "{code:?} changed its number");
+            assert_eq!(code.name(), name, "{code:?} changed its name");
+            assert_eq!(ErrorCode::from_u16(number), Some(code));
+        }
+    }
+
+    #[test]
+    fn all_lists_every_code_once_in_number_order() {
+        assert_eq!(ErrorCode::ALL.len(), EXPECTED.len());
+        for (i, code) in ErrorCode::ALL.iter().enumerate() {
+            assert_eq!(*code, EXPECTED[i].0);
+            assert_eq!(*code as u16, i as u16 + 1, "numbers are dense from 1 in ALL");
+        }
+        let mut names: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), ErrorCode::ALL.len(), "names are unique");
+    }
+
+    #[test]
+    fn unassigned_numbers_map_to_none() {
+        assert_eq!(
+            ErrorCode::from_u16(0),
+            None,
+            "0 is the success status, never an error code"
+        );
+        assert_eq!(ErrorCode::from_u16(25), None);
+        assert_eq!(ErrorCode::from_u16(u16::MAX), None);
+    }
+
+    #[test]
+    fn display_shows_name_and_number() {
+        assert_eq!(ErrorCode::CasMismatch.to_string(), "cas_mismatch (11)");
+        let err = DecodeError::invalid(ErrorCode::NameEmpty, "name is empty");
+        assert_eq!(err.to_string(), "name_empty (5): name is empty");
+        assert_eq!(
+            DecodeError::Incomplete { needed: 3 }.to_string(),
+            "incomplete: need 3 more bytes"
+        );
+    }
+}

@@ -1,9 +1,10 @@
 //! Wire limits. Every value here is enforced by the decoder or the server and documented in
 //! docs/protocol.md; changing one is a protocol change.
 
-/// Largest frame body (bytes after the 4-byte length prefix). 1 MiB holds a full batch of
-/// `OPS_PER_FRAME_MAX` increments on long names with room to spare, while a hostile length prefix
-/// can make a connection buffer at most this much.
+/// Largest request frame (bytes after the 4-byte length prefix: the 12 remaining header bytes and
+/// the body). 1 MiB holds a full batch of `OPS_PER_FRAME_MAX` keyed increments on names of up to
+/// 225 bytes (real names are ~20), while a hostile length prefix can make a connection buffer at
+/// most this much. A batch of longer names must be split on bytes as well as on op count.
 pub const FRAME_BYTES_MAX: u32 = 1 << 20;
 
 /// Most ops in one frame. Large enough that batching amortises the per-frame cost to nothing

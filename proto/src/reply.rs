@@ -163,18 +163,28 @@ impl Reply {
                 put_token(buf, token);
             }
             Reply::Stats(stats) => {
-                let figures = stats.figures.len().min(u16::MAX as usize);
-                buf.put_u16_le(figures as u16);
-                for (key, value) in &stats.figures[..figures] {
+                // The payload length is a u16: list as many figures, then as many split names, as
+                // fit, always keeping room for the split count that follows the figures.
+                let fits = |buf: &BytesMut, more: usize| buf.len() - start + more <= u16::MAX as usize;
+                let figures_count_at = buf.len();
+                buf.put_u16_le(0);
+                let mut figures = 0u16;
+                for (key, value) in &stats.figures {
+                    let key_len = key.len().min(u8::MAX as usize);
+                    if figures == u16::MAX || !fits(buf, 1 + key_len + 8 + 2) {
+                        break;
+                    }
                     put_str8(buf, key.as_bytes());
                     buf.put_i64_le(*value);
+                    figures += 1;
                 }
-                // The payload length is a u16: list at most as many split names as fit.
-                let mut split = 0u16;
+                buf[figures_count_at..figures_count_at + 2].copy_from_slice(&figures.to_le_bytes());
                 let split_count_at = buf.len();
                 buf.put_u16_le(0);
+                let mut split = 0u16;
                 for name in &stats.split {
-                    if buf.len() - start + 1 + name.len() > u16::MAX as usize || split == u16::MAX {
+                    let name_len = name.len().min(u8::MAX as usize);
+                    if split == u16::MAX || !fits(buf, 1 + name_len) {
                         break;
                     }
                     put_str8(buf, name);
@@ -308,7 +318,13 @@ pub fn decode_reply_op(buf: &[u8]) -> Result<(ReplyOp, usize), DecodeError> {
     let payload = c.str16()?;
     let consumed = buf.len() - c.remaining();
     if status == 0 {
-        return Ok((ReplyOp { opcode, result: Ok(Reply::decode(opcode, payload)?) }, consumed));
+        return Ok((
+            ReplyOp {
+                opcode,
+                result: Ok(Reply::decode(opcode, payload)?),
+            },
+            consumed,
+        ));
     }
     let mut p = Cursor::new(payload, "error payload");
     let flags = p.u8()?;
@@ -319,7 +335,13 @@ pub fn decode_reply_op(buf: &[u8]) -> Result<(ReplyOp, usize), DecodeError> {
         current: (flags & ERROR_HAS_CURRENT != 0).then_some(current),
         message,
     };
-    Ok((ReplyOp { opcode, result: Err(error) }, consumed))
+    Ok((
+        ReplyOp {
+            opcode,
+            result: Err(error),
+        },
+        consumed,
+    ))
 }
 
 fn patch_len(buf: &mut BytesMut, len_at: usize, start: usize) {
@@ -347,4 +369,240 @@ fn token(c: &mut Cursor<'_>) -> Result<Token, DecodeError> {
         shard: c.u16()?,
         lsn: c.u64()?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encoded(reply: &Reply) -> Vec<u8> {
+        let mut buf = BytesMut::new();
+        reply.encode(&mut buf);
+        buf.to_vec()
+    }
+
+    /// `opcode | status u16 | len u16 | payload`, built by hand.
+    fn op(opcode: u8, status: u16, payload: &[u8]) -> Vec<u8> {
+        let mut out = vec![opcode];
+        out.extend_from_slice(&status.to_le_bytes());
+        out.extend_from_slice(&(payload.len() as u16).to_le_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+
+    fn token_bytes(shard: u16, lsn: u64) -> Vec<u8> {
+        [&shard.to_le_bytes()[..], &lsn.to_le_bytes()].concat()
+    }
+
+    #[test]
+    fn reply_flag_bits_are_stable() {
+        assert_eq!(REPLY_SPLIT, 0x01);
+        assert_eq!(REPLY_DUPLICATE, 0x02);
+        assert_eq!(REPLY_APPROX, 0x04);
+        assert_eq!(REPLY_EXISTS, 0x08);
+        assert_eq!(REPLY_STRICT, 0x10);
+    }
+
+    /// The byte layout of every reply op, written out by hand; docs/protocol.md shows the same.
+    #[test]
+    fn reply_layouts() {
+        let t = Token { shard: 2, lsn: 77 };
+        let cases: Vec<(Reply, Vec<u8>)> = vec![
+            (
+                Reply::Hello(HelloReply {
+                    version: 1,
+                    shard_count: 2,
+                    shard: 1,
+                    shard_ports: vec![7001, 7002],
+                    server: "t".into(),
+                }),
+                op(
+                    0x01,
+                    0,
+                    &[
+                        &[1u8, 2, 0, 1, 0][..],
+                        &7001u16.to_le_bytes(),
+                        &7002u16.to_le_bytes(),
+                        b"\x01t",
+                    ]
+                    .concat(),
+                ),
+            ),
+            (
+                Reply::Incr {
+                    value: -5,
+                    flags: REPLY_SPLIT,
+                    token: t,
+                },
+                op(
+                    0x02,
+                    0,
+                    &[&[1u8][..], &(-5i64).to_le_bytes(), &token_bytes(2, 77)].concat(),
+                ),
+            ),
+            (
+                Reply::Get {
+                    value: 9,
+                    flags: REPLY_EXISTS,
+                },
+                op(0x03, 0, &[&[8u8][..], &9i64.to_le_bytes()].concat()),
+            ),
+            (
+                Reply::Create {
+                    created: true,
+                    value: 3,
+                    flags: REPLY_STRICT,
+                },
+                op(0x04, 0, &[&[1u8, 0x10][..], &3i64.to_le_bytes()].concat()),
+            ),
+            (
+                Reply::Cas { value: 4, token: t },
+                op(0x05, 0, &[&4i64.to_le_bytes()[..], &token_bytes(2, 77)].concat()),
+            ),
+            (
+                Reply::AddBounded {
+                    value: 6,
+                    flags: REPLY_DUPLICATE,
+                    token: t,
+                },
+                op(
+                    0x06,
+                    0,
+                    &[&[2u8][..], &6i64.to_le_bytes(), &token_bytes(2, 77)].concat(),
+                ),
+            ),
+            (
+                Reply::Reset {
+                    old: 8,
+                    new: 0,
+                    token: t,
+                },
+                op(
+                    0x07,
+                    0,
+                    &[&8i64.to_le_bytes()[..], &0i64.to_le_bytes(), &token_bytes(2, 77)].concat(),
+                ),
+            ),
+            (
+                Reply::Stats(StatsReply {
+                    figures: vec![("a".into(), 1)],
+                    split: vec![b"hot".to_vec()],
+                }),
+                op(
+                    0x08,
+                    0,
+                    &[&[1u8, 0, 1, b'a'][..], &1i64.to_le_bytes(), &[1, 0, 3], b"hot"].concat(),
+                ),
+            ),
+        ];
+        for (reply, bytes) in cases {
+            assert_eq!(encoded(&reply), bytes, "{reply:?}");
+            let (decoded, consumed) = decode_reply_op(&bytes).unwrap();
+            assert_eq!(consumed, bytes.len());
+            assert_eq!(decoded.opcode, reply.opcode() as u8);
+            assert_eq!(decoded.result, Ok(reply));
+        }
+    }
+
+    #[test]
+    fn error_reply_layout() {
+        let mut buf = BytesMut::new();
+        encode_error_reply(&mut buf, 0x05, ErrorCode::CasMismatch, Some(-3), "no");
+        let expected = op(0x05, 11, &[&[1u8][..], &(-3i64).to_le_bytes(), b"no"].concat());
+        assert_eq!(&buf[..], &expected[..]);
+        let (decoded, consumed) = decode_reply_op(&buf).unwrap();
+        assert_eq!(consumed, buf.len());
+        let error = decoded.result.unwrap_err();
+        assert_eq!(error.error_code(), Some(ErrorCode::CasMismatch));
+        assert_eq!(error.current, Some(-3));
+        assert_eq!(error.message, "no");
+
+        // Without a current value the field is zero and flag bit 0 is clear.
+        let mut buf = BytesMut::new();
+        encode_error_reply(&mut buf, 0x42, ErrorCode::UnknownOp, None, "");
+        assert_eq!(&buf[..], &op(0x42, 4, &[0u8; 9])[..]);
+        let error = decode_reply_op(&buf).unwrap().0.result.unwrap_err();
+        assert_eq!(error.current, None);
+    }
+
+    #[test]
+    fn error_codes_from_newer_servers_stay_usable() {
+        let bytes = op(0x02, 999, &[&[0u8][..], &0i64.to_le_bytes(), b"new"].concat());
+        let error = decode_reply_op(&bytes).unwrap().0.result.unwrap_err();
+        assert_eq!(error.code, 999);
+        assert_eq!(error.error_code(), None);
+        assert_eq!(error.message, "new");
+    }
+
+    #[test]
+    fn error_payload_shorter_than_nine_bytes_is_bad_frame() {
+        for len in 0..9 {
+            let bytes = op(0x02, 1, &vec![0u8; len]);
+            assert!(decode_reply_op(&bytes).is_err(), "{len}-byte error payload");
+        }
+    }
+
+    #[test]
+    fn decode_reply_op_reads_only_its_own_op() {
+        let mut buf = BytesMut::new();
+        Reply::Get { value: 1, flags: 0 }.encode(&mut buf);
+        let first = buf.len();
+        encode_error_reply(&mut buf, 0x03, ErrorCode::NotFound, None, "x");
+        let (_, consumed) = decode_reply_op(&buf).unwrap();
+        assert_eq!(consumed, first);
+        let (second, consumed2) = decode_reply_op(&buf[consumed..]).unwrap();
+        assert_eq!(consumed + consumed2, buf.len());
+        assert_eq!(second.result.unwrap_err().error_code(), Some(ErrorCode::NotFound));
+    }
+
+    #[test]
+    fn stats_never_overflow_the_payload_length() {
+        // 256 shards with a dozen long figures each is ~100 KiB of figures: more than a u16 payload.
+        let figures: Vec<(String, i64)> = (0..256 * 12)
+            .map(|i| (format!("shard.{}.some_long_figure_name_{}", i / 12, i % 12), i))
+            .collect();
+        let split: Vec<Vec<u8>> = (0..1000).map(|i| vec![b'a' + (i % 26) as u8; 200]).collect();
+        let stats = Reply::Stats(StatsReply {
+            figures: figures.clone(),
+            split,
+        });
+        let bytes = encoded(&stats);
+        assert!(bytes.len() <= 5 + u16::MAX as usize);
+        let Reply::Stats(decoded) = decode_reply_op(&bytes).unwrap().0.result.unwrap() else {
+            panic!("not a STATS reply");
+        };
+        assert!(!decoded.figures.is_empty());
+        assert!(decoded.figures.len() < figures.len(), "the figures were cut to fit");
+        assert_eq!(
+            decoded.figures[..],
+            figures[..decoded.figures.len()],
+            "a prefix, in order"
+        );
+        assert!(decoded.split.is_empty(), "no room was left for split names");
+
+        // Split names fill what the figures leave.
+        let stats = Reply::Stats(StatsReply {
+            figures: vec![("x".into(), 1)],
+            split: (0..1000).map(|_| vec![b's'; 255]).collect(),
+        });
+        let bytes = encoded(&stats);
+        assert!(bytes.len() <= 5 + u16::MAX as usize);
+        let Reply::Stats(decoded) = decode_reply_op(&bytes).unwrap().0.result.unwrap() else {
+            panic!("not a STATS reply");
+        };
+        assert_eq!(decoded.figures.len(), 1);
+        assert_eq!(decoded.split.len(), (u16::MAX as usize - 2 - 10 - 2) / 256);
+    }
+
+    #[test]
+    fn unknown_reply_opcode_is_refused() {
+        let bytes = op(0x30, 0, b"");
+        match decode_reply_op(&bytes) {
+            Err(DecodeError::Invalid {
+                code: ErrorCode::UnknownOp,
+                ..
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+    }
 }

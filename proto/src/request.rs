@@ -119,6 +119,16 @@ const FLAG_TOKEN: u8 = 1 << 1;
 const FLAG_MIN: u8 = 1 << 0;
 const FLAG_MAX: u8 = 1 << 1;
 
+/// The encoder cuts names and reasons longer than this. Anything this long is far past
+/// `NAME_BYTES_MAX` and `REASON_BYTES_MAX`, so the server still refuses it with `NameTooLong` or
+/// `ReasonTooLong`; cutting keeps the largest op (RESET with both cut) inside the u16 payload
+/// length, so `encode` never panics.
+const ENCODE_STR_BYTES_MAX: usize = 16 << 10;
+
+const _: () = assert!(ENCODE_STR_BYTES_MAX > NAME_BYTES_MAX);
+const _: () = assert!(ENCODE_STR_BYTES_MAX > REASON_BYTES_MAX);
+const _: () = assert!(8 + 2 + ENCODE_STR_BYTES_MAX + 2 + ENCODE_STR_BYTES_MAX <= OP_PAYLOAD_BYTES_MAX);
+
 impl<'a> Request<'a> {
     pub fn opcode(&self) -> Opcode {
         match self {
@@ -222,7 +232,7 @@ impl<'a> Request<'a> {
             Request::Reset { name, value, reason } => {
                 buf.put_i64_le(value);
                 put_name(buf, name);
-                let reason = &reason[..reason.len().min(u16::MAX as usize)];
+                let reason = &reason[..reason.len().min(ENCODE_STR_BYTES_MAX)];
                 buf.put_u16_le(reason.len() as u16);
                 buf.put_slice(reason);
             }
@@ -357,9 +367,10 @@ fn name<'a>(c: &mut Cursor<'a>) -> Result<&'a [u8], DecodeError> {
 }
 
 /// Names travel with a u16 length so that a too-long name reaches the server and gets
-/// `NameTooLong`, instead of being unrepresentable.
+/// `NameTooLong`, instead of being unrepresentable. Beyond `ENCODE_STR_BYTES_MAX` the name is cut:
+/// it is refused either way, and an uncut 64 KiB name would overflow the u16 payload length.
 fn put_name(buf: &mut BytesMut, name: &[u8]) {
-    let name = &name[..name.len().min(u16::MAX as usize)];
+    let name = &name[..name.len().min(ENCODE_STR_BYTES_MAX)];
     buf.put_u16_le(name.len() as u16);
     buf.put_slice(name);
 }
@@ -440,5 +451,424 @@ impl<'a> Iterator for RequestOps<'a> {
         let payload = &rest[REQUEST_OP_HEADER_BYTES..REQUEST_OP_HEADER_BYTES + len];
         self.pos += REQUEST_OP_HEADER_BYTES + len;
         Some((opcode, Request::decode(opcode, payload)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encoded(request: &Request<'_>) -> Vec<u8> {
+        let mut buf = BytesMut::new();
+        request.encode(&mut buf);
+        buf.to_vec()
+    }
+
+    /// `opcode | len u16 | payload`, built by hand.
+    fn op(opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = vec![opcode];
+        out.extend_from_slice(&(payload.len() as u16).to_le_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+
+    fn le(parts: &[&[u8]]) -> Vec<u8> {
+        parts.concat()
+    }
+
+    fn code_of(result: Result<Request<'_>, DecodeError>) -> ErrorCode {
+        match result {
+            Err(DecodeError::Invalid { code, .. }) => code,
+            other => panic!("expected an Invalid error, got {other:?}"),
+        }
+    }
+
+    fn incr(name: &[u8]) -> Request<'_> {
+        Request::Incr {
+            name,
+            delta: 1,
+            key: None,
+        }
+    }
+
+    #[test]
+    fn opcode_numbers_are_stable() {
+        let expected = [
+            (Opcode::Hello, 0x01),
+            (Opcode::Incr, 0x02),
+            (Opcode::Get, 0x03),
+            (Opcode::Create, 0x04),
+            (Opcode::Cas, 0x05),
+            (Opcode::AddBounded, 0x06),
+            (Opcode::Reset, 0x07),
+            (Opcode::Stats, 0x08),
+        ];
+        for (op, number) in expected {
+            assert_eq!(op as u8, number, "{op:?}");
+            assert_eq!(Opcode::from_u8(number), Some(op));
+        }
+        for number in (0u8..=255).filter(|n| !(1..=8).contains(n)) {
+            assert_eq!(Opcode::from_u8(number), None, "0x{number:02x} is unassigned");
+        }
+        assert_eq!(CounterKind::Analytic as u8, 0);
+        assert_eq!(CounterKind::Strict as u8, 1);
+        assert_eq!(CounterKind::from_u8(0), Some(CounterKind::Analytic));
+        assert_eq!(CounterKind::from_u8(1), Some(CounterKind::Strict));
+        assert_eq!(CounterKind::from_u8(2), None);
+    }
+
+    /// The byte layout of every request op, written out by hand; docs/protocol.md shows the same.
+    #[test]
+    fn request_layouts() {
+        let key = 0x0f0e_0d0c_0b0a_0908_0706_0504_0302_0100u128;
+        let cases: Vec<(Request<'_>, Vec<u8>)> = vec![
+            (Request::Hello { client: b"cli" }, op(0x01, b"\x03cli")),
+            (
+                Request::Incr {
+                    name: b"ab",
+                    delta: -2,
+                    key: None,
+                },
+                op(0x02, &le(&[&[0], &(-2i64).to_le_bytes(), &[2, 0], b"ab"])),
+            ),
+            (
+                Request::Incr {
+                    name: b"ab",
+                    delta: 5,
+                    key: Some(key),
+                },
+                op(
+                    0x02,
+                    &le(&[&[1], &5i64.to_le_bytes(), &[2, 0], b"ab", &key.to_le_bytes()]),
+                ),
+            ),
+            (
+                Request::Get {
+                    name: b"n",
+                    fresh: true,
+                    token: Some(Token { shard: 3, lsn: 9 }),
+                },
+                op(0x03, &le(&[&[0b11], &[1, 0], b"n", &[3, 0], &9u64.to_le_bytes()])),
+            ),
+            (
+                Request::Get {
+                    name: b"n",
+                    fresh: false,
+                    token: None,
+                },
+                op(0x03, &le(&[&[0], &[1, 0], b"n"])),
+            ),
+            (
+                Request::Create {
+                    name: b"n",
+                    kind: CounterKind::Strict,
+                    initial: 4,
+                    min: None,
+                    max: Some(10),
+                },
+                op(
+                    0x04,
+                    &le(&[
+                        &[1, 0b10],
+                        &4i64.to_le_bytes(),
+                        &0i64.to_le_bytes(),
+                        &10i64.to_le_bytes(),
+                        &[1, 0],
+                        b"n",
+                    ]),
+                ),
+            ),
+            (
+                Request::Cas {
+                    name: b"n",
+                    expected: 1,
+                    new: 2,
+                },
+                op(0x05, &le(&[&1i64.to_le_bytes(), &2i64.to_le_bytes(), &[1, 0], b"n"])),
+            ),
+            (
+                Request::AddBounded {
+                    name: b"n",
+                    delta: -1,
+                    min: 0,
+                    max: 100,
+                    key: Some(key),
+                },
+                op(
+                    0x06,
+                    &le(&[
+                        &[1],
+                        &(-1i64).to_le_bytes(),
+                        &0i64.to_le_bytes(),
+                        &100i64.to_le_bytes(),
+                        &[1, 0],
+                        b"n",
+                        &key.to_le_bytes(),
+                    ]),
+                ),
+            ),
+            (
+                Request::Reset {
+                    name: b"n",
+                    value: 0,
+                    reason: b"why",
+                },
+                op(0x07, &le(&[&0i64.to_le_bytes(), &[1, 0], b"n", &[3, 0], b"why"])),
+            ),
+            (Request::Stats, op(0x08, b"")),
+        ];
+        for (request, bytes) in cases {
+            assert_eq!(encoded(&request), bytes, "{request:?}");
+            assert_eq!(Request::decode(bytes[0], &bytes[3..]).unwrap(), request);
+        }
+    }
+
+    #[test]
+    fn name_length_limits() {
+        assert_eq!(
+            code_of(Request::decode(0x02, &encoded(&incr(b""))[3..])),
+            ErrorCode::NameEmpty
+        );
+        let longest = [b'x'; NAME_BYTES_MAX];
+        assert_eq!(
+            Request::decode(0x02, &encoded(&incr(&longest))[3..]).unwrap(),
+            incr(&longest)
+        );
+        let too_long = [b'x'; NAME_BYTES_MAX + 1];
+        assert_eq!(
+            code_of(Request::decode(0x02, &encoded(&incr(&too_long))[3..])),
+            ErrorCode::NameTooLong
+        );
+        assert_eq!(check_name(b"a"), Ok(()));
+        assert!(check_name(b"").is_err());
+        assert!(check_name(&too_long).is_err());
+    }
+
+    #[test]
+    fn every_named_op_checks_its_name() {
+        let empty: [Request<'_>; 6] = [
+            incr(b""),
+            Request::Get {
+                name: b"",
+                fresh: false,
+                token: None,
+            },
+            Request::Create {
+                name: b"",
+                kind: CounterKind::Analytic,
+                initial: 0,
+                min: None,
+                max: None,
+            },
+            Request::Cas {
+                name: b"",
+                expected: 0,
+                new: 0,
+            },
+            Request::AddBounded {
+                name: b"",
+                delta: 0,
+                min: 0,
+                max: 0,
+                key: None,
+            },
+            Request::Reset {
+                name: b"",
+                value: 0,
+                reason: b"",
+            },
+        ];
+        for request in empty {
+            let bytes = encoded(&request);
+            assert_eq!(
+                code_of(Request::decode(bytes[0], &bytes[3..])),
+                ErrorCode::NameEmpty,
+                "{request:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn reason_length_limit() {
+        let reason = [b'r'; REASON_BYTES_MAX];
+        let ok = Request::Reset {
+            name: b"n",
+            value: 1,
+            reason: &reason,
+        };
+        assert_eq!(Request::decode(0x07, &encoded(&ok)[3..]).unwrap(), ok);
+        let reason = [b'r'; REASON_BYTES_MAX + 1];
+        let too_long = Request::Reset {
+            name: b"n",
+            value: 1,
+            reason: &reason,
+        };
+        assert_eq!(
+            code_of(Request::decode(0x07, &encoded(&too_long)[3..])),
+            ErrorCode::ReasonTooLong
+        );
+    }
+
+    #[test]
+    fn encoding_huge_strings_never_panics_and_is_still_refused() {
+        let huge = vec![b'x'; 70_000];
+        let bytes = encoded(&incr(&huge));
+        assert_eq!(bytes.len(), 3 + 1 + 8 + 2 + ENCODE_STR_BYTES_MAX);
+        assert_eq!(code_of(Request::decode(bytes[0], &bytes[3..])), ErrorCode::NameTooLong);
+
+        let reset = Request::Reset {
+            name: b"n",
+            value: 0,
+            reason: &huge,
+        };
+        let bytes = encoded(&reset);
+        assert_eq!(
+            code_of(Request::decode(bytes[0], &bytes[3..])),
+            ErrorCode::ReasonTooLong
+        );
+        let reset = Request::Reset {
+            name: &huge,
+            value: 0,
+            reason: &huge,
+        };
+        let bytes = encoded(&reset);
+        assert_eq!(code_of(Request::decode(bytes[0], &bytes[3..])), ErrorCode::NameTooLong);
+
+        let hello = Request::Hello { client: &huge };
+        let bytes = encoded(&hello);
+        assert_eq!(
+            Request::decode(bytes[0], &bytes[3..]).unwrap(),
+            Request::Hello { client: &huge[..255] },
+            "HELLO's client name is cut to 255 bytes"
+        );
+    }
+
+    #[test]
+    fn unknown_kind_is_invalid_argument() {
+        let mut bytes = encoded(&Request::Create {
+            name: b"n",
+            kind: CounterKind::Analytic,
+            initial: 0,
+            min: None,
+            max: None,
+        });
+        bytes[3] = 7;
+        assert_eq!(
+            code_of(Request::decode(bytes[0], &bytes[3..])),
+            ErrorCode::InvalidArgument
+        );
+    }
+
+    #[test]
+    fn unknown_opcodes() {
+        for opcode in [0x00, 0x09, 0x7f, 0xff] {
+            assert_eq!(code_of(Request::decode(opcode, b"")), ErrorCode::UnknownOp);
+        }
+    }
+
+    #[test]
+    fn payload_must_be_consumed_exactly() {
+        let mut bytes = encoded(&incr(b"n"));
+        bytes.push(0);
+        assert_eq!(code_of(Request::decode(bytes[0], &bytes[3..])), ErrorCode::BadFrame);
+        assert_eq!(
+            code_of(Request::decode(0x08, &[0])),
+            ErrorCode::BadFrame,
+            "STATS has no payload"
+        );
+        // A key flag without the key is a truncated payload.
+        let mut bytes = encoded(&incr(b"n"));
+        bytes[3] = FLAG_KEY;
+        assert_eq!(code_of(Request::decode(bytes[0], &bytes[3..])), ErrorCode::BadFrame);
+        // Every strict prefix of a valid payload is malformed.
+        let bytes = encoded(&Request::AddBounded {
+            name: b"abc",
+            delta: 1,
+            min: 0,
+            max: 9,
+            key: Some(5),
+        });
+        for end in 3..bytes.len() {
+            assert!(
+                Request::decode(bytes[0], &bytes[3..end]).is_err(),
+                "prefix of {end} bytes"
+            );
+        }
+    }
+
+    #[test]
+    fn undefined_flag_bits_are_ignored() {
+        let mut bytes = encoded(&incr(b"n"));
+        bytes[3] = 0b1111_1110;
+        assert_eq!(Request::decode(bytes[0], &bytes[3..]).unwrap(), incr(b"n"));
+    }
+
+    fn body(ops: &[Vec<u8>]) -> Vec<u8> {
+        ops.concat()
+    }
+
+    #[test]
+    fn unknown_op_does_not_stop_the_frame() {
+        let body = body(&[encoded(&incr(b"a")), op(0x42, b"whatever"), encoded(&incr(b"b"))]);
+        let mut ops = RequestOps::new(&body, 3);
+        assert_eq!(ops.next().unwrap(), (0x02, Ok(incr(b"a"))));
+        let (opcode, result) = ops.next().unwrap();
+        assert_eq!(opcode, 0x42);
+        assert_eq!(code_of(result), ErrorCode::UnknownOp);
+        assert_eq!(ops.next().unwrap(), (0x02, Ok(incr(b"b"))));
+        assert!(ops.next().is_none());
+        assert_eq!(ops.trailing_bytes(), 0);
+    }
+
+    #[test]
+    fn bad_payload_does_not_stop_the_frame() {
+        let body = body(&[encoded(&incr(b"")), encoded(&incr(b"b"))]);
+        let mut ops = RequestOps::new(&body, 2);
+        assert_eq!(code_of(ops.next().unwrap().1), ErrorCode::NameEmpty);
+        assert_eq!(ops.next().unwrap(), (0x02, Ok(incr(b"b"))));
+    }
+
+    #[test]
+    fn truncated_op_breaks_the_rest_of_the_frame() {
+        let first = encoded(&incr(b"a"));
+        let second = encoded(&incr(b"b"));
+        // Cut inside the second op's payload.
+        let full = body(&[first.clone(), second.clone()]);
+        let body = &full[..full.len() - 1];
+        let items: Vec<_> = RequestOps::new(body, 4).collect();
+        assert_eq!(items.len(), 4, "exactly op_count items");
+        assert_eq!(items[0], (0x02, Ok(incr(b"a"))));
+        assert_eq!(items[1].0, 0x02, "the opcode of a truncated payload is still echoed");
+        for (i, (_, result)) in items.into_iter().enumerate().skip(1) {
+            assert_eq!(code_of(result), ErrorCode::BadFrame, "op {i}");
+        }
+        // Cut inside the second op's header.
+        let body = &full[..first.len() + 2];
+        let mut ops = RequestOps::new(body, 3);
+        assert!(ops.next().unwrap().1.is_ok());
+        let (opcode, result) = ops.next().unwrap();
+        assert_eq!(opcode, 0, "no opcode is echoed for a truncated header");
+        assert_eq!(code_of(result), ErrorCode::BadFrame);
+        assert_eq!(code_of(ops.next().unwrap().1), ErrorCode::BadFrame);
+        assert!(ops.next().is_none());
+        assert_eq!(ops.trailing_bytes(), 0);
+    }
+
+    #[test]
+    fn trailing_bytes_are_reported() {
+        let mut body = body(&[encoded(&incr(b"a")), encoded(&incr(b"b"))]);
+        let mut ops = RequestOps::new(&body, 1);
+        assert!(ops.next().unwrap().1.is_ok());
+        assert!(ops.next().is_none());
+        assert_eq!(ops.trailing_bytes(), encoded(&incr(b"b")).len());
+
+        body.push(0xee);
+        let mut ops = RequestOps::new(&body, 2);
+        assert_eq!(ops.by_ref().count(), 2);
+        assert_eq!(ops.trailing_bytes(), 1);
+
+        let mut ops = RequestOps::new(b"\x01\x02", 0);
+        assert!(ops.next().is_none());
+        assert_eq!(ops.trailing_bytes(), 2);
     }
 }
