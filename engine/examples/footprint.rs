@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tally_engine::{Applied, Ctx, Shard, ShardConfig, SplitRegistry};
+use tally_engine::{Applied, Ctx, NullLog, Shard, ShardConfig, SplitRegistry};
 use tally_proto::{shard_of, Request};
 
 const SHARDS: u16 = 2;
@@ -55,7 +55,7 @@ fn main() {
             delta: 1,
             key: None,
         };
-        match shards[owner as usize].apply(&request, &ctx) {
+        match shards[owner as usize].apply(&request, &ctx, &mut NullLog) {
             Applied::Done(Ok(_)) => {}
             other => panic!("INCR {name} at its owner: {other:?}"),
         }
@@ -75,7 +75,7 @@ fn main() {
             delta: 1,
             key: None,
         };
-        match shards[owner as usize].apply(&request, &ctx) {
+        match shards[owner as usize].apply(&request, &ctx, &mut NullLog) {
             Applied::Done(Ok(_)) => {}
             other => panic!("INCR {name} at its owner: {other:?}"),
         }

@@ -42,6 +42,28 @@ impl DedupRecord {
     }
 }
 
+/// One remembered key, as snapshots carry it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DedupEntry {
+    pub key: u128,
+    pub name_hash: u64,
+    pub delta: i64,
+    pub value: i64,
+    pub lsn: u64,
+    pub time_ms: u64,
+}
+
+/// Why a snapshot's dedup entries cannot be restored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DedupRestoreError {
+    /// The key is already in the set.
+    DuplicateKey,
+    /// Entries must come oldest first, and not be newer than the set's newest time.
+    TimeOrder,
+    /// More entries than the set holds.
+    Full,
+}
+
 /// What the set says about a keyed write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DedupCheck {
@@ -126,6 +148,72 @@ impl Dedup {
         });
         assert_eq!(self.ring.len(), self.index.len());
         assert!(self.ring.len() <= self.entries_max);
+    }
+
+    /// Replay of a logged keyed write at `time_ms`: as `check` + `record`, except that the key may
+    /// still be in the set when the log's time is a little behind the time the write was applied
+    /// at. The original found the key expired, so it had expired every older record too: drop
+    /// records up to and including the key's, which is the state the original recorded into.
+    pub fn replay_record(&mut self, key: u128, name_hash: u64, delta: i64, value: i64, lsn: u64, time_ms: u64) {
+        self.expire(time_ms);
+        if self.find(key).is_some() {
+            loop {
+                let front = self.ring.front().expect("the key is in the ring").key();
+                self.pop_front();
+                if front == key {
+                    break;
+                }
+            }
+        }
+        self.record(key, name_hash, delta, value, lsn, time_ms);
+    }
+
+    /// Every record, oldest first.
+    pub fn entries(&self) -> impl Iterator<Item = DedupEntry> + '_ {
+        self.ring.iter().map(|r| DedupEntry {
+            key: r.key(),
+            name_hash: r.name_hash,
+            delta: r.delta,
+            value: r.value,
+            lsn: r.lsn,
+            time_ms: r.time_ms,
+        })
+    }
+
+    /// The newest time a record got (records never get an older one).
+    pub fn time_last_ms(&self) -> u64 {
+        self.time_last_ms
+    }
+
+    /// Snapshot restore: appends `entry` (entries come oldest first). Never panics on bad input.
+    pub fn restore(&mut self, entry: DedupEntry) -> Result<(), DedupRestoreError> {
+        if self.ring.len() == self.entries_max {
+            return Err(DedupRestoreError::Full);
+        }
+        if entry.time_ms < self.time_last_ms {
+            return Err(DedupRestoreError::TimeOrder);
+        }
+        if self.find(entry.key).is_some() {
+            return Err(DedupRestoreError::DuplicateKey);
+        }
+        self.record(
+            entry.key,
+            entry.name_hash,
+            entry.delta,
+            entry.value,
+            entry.lsn,
+            entry.time_ms,
+        );
+        Ok(())
+    }
+
+    /// Snapshot restore: the set's newest time, at least the newest entry's.
+    pub fn restore_time_last_ms(&mut self, time_last_ms: u64) -> Result<(), DedupRestoreError> {
+        if time_last_ms < self.time_last_ms {
+            return Err(DedupRestoreError::TimeOrder);
+        }
+        self.time_last_ms = time_last_ms;
+        Ok(())
     }
 
     /// Drops every record whose window has ended at `now_ms`; returns how many.
@@ -240,6 +328,46 @@ mod tests {
         // Record 2 got time 500, not 400: both expire together.
         assert_eq!(dedup.expire(599), 0);
         assert_eq!(dedup.expire(600), 2);
+    }
+
+    #[test]
+    fn replay_drops_a_key_the_original_had_expired() {
+        let mut dedup = Dedup::new(100, 16);
+        dedup.record(1, 0, 1, 10, 1, 0);
+        dedup.record(2, 0, 1, 20, 2, 10);
+        dedup.record(3, 0, 1, 30, 3, 20);
+        // The original applied key 2 again at time 110 (both 1 and 2 expired); the log says 105.
+        dedup.replay_record(2, 0, 1, 40, 4, 105);
+        assert_eq!(dedup.len(), 2);
+        assert_eq!(dedup.check(1, 0, 1, 105), DedupCheck::Fresh);
+        assert_eq!(dedup.check(2, 0, 1, 105), DedupCheck::Duplicate { value: 40, lsn: 4 });
+        assert_eq!(dedup.check(3, 0, 1, 105), DedupCheck::Duplicate { value: 30, lsn: 3 });
+    }
+
+    #[test]
+    fn restore_round_trips_and_refuses_bad_entries() {
+        let mut dedup = Dedup::new(1000, 3);
+        dedup.record(1, 5, 1, 10, 1, 50);
+        dedup.record(2, 5, 2, 20, 2, 60);
+        let mut restored = Dedup::new(1000, 3);
+        for entry in dedup.entries() {
+            restored.restore(entry).unwrap();
+        }
+        restored.restore_time_last_ms(dedup.time_last_ms()).unwrap();
+        assert_eq!(
+            restored.entries().collect::<Vec<_>>(),
+            dedup.entries().collect::<Vec<_>>()
+        );
+        let entry = dedup.entries().next().unwrap();
+        assert_eq!(restored.restore(entry), Err(DedupRestoreError::TimeOrder));
+        let late = DedupEntry { time_ms: 70, ..entry };
+        assert_eq!(restored.restore(late), Err(DedupRestoreError::DuplicateKey));
+        restored.restore(DedupEntry { key: 3, ..late }).unwrap();
+        assert_eq!(
+            restored.restore(DedupEntry { key: 4, ..late }),
+            Err(DedupRestoreError::Full)
+        );
+        assert_eq!(restored.restore_time_last_ms(69), Err(DedupRestoreError::TimeOrder));
     }
 
     #[test]

@@ -12,6 +12,11 @@
 //! - strict counters are never split, and their declared bounds always hold;
 //! - `lsn` increases by one for every state change and never otherwise.
 //!
+//! Durability: every state change is handed, with its lsn, to the caller's `LogSink` as a
+//! `LogRecord` before `apply`/`tick` returns; `Shard::replay` rebuilds a shard from those records,
+//! `Shard::snapshot`/`from_snapshot` save and restore a whole shard, and `reconcile` settles split
+//! counters across the recovered shards of a node (DURABILITY-NOTES.md).
+//!
 //! In steady state `apply` allocates nothing for successful ops on existing names (failures carry a
 //! formatted message). Memory is bounded: names live in a chunked arena (4 GiB per shard), the
 //! idempotency set holds at most `DEDUP_ENTRIES_MAX` keys, the audit ring `AUDIT_RECORDS_MAX`
@@ -23,10 +28,15 @@ pub mod config;
 pub mod dedup;
 pub mod hot;
 pub mod limits;
+pub mod log;
 pub mod shard;
 pub mod split;
 pub mod table;
 
 pub use config::{ConfigError, HotConfig, NamespaceRule, ShardConfig};
-pub use shard::{Applied, Ctx, Failure, Outcome, ResetRecord, Shard, ShardStats};
+pub use log::{Keyed, LogRecord, LogSink, NullLog, ReplayError};
+pub use shard::{
+    reconcile, Applied, Ctx, Failure, Outcome, Reconciled, ResetRecord, Shard, ShardStats, SnapshotDeps, SnapshotError,
+    SNAPSHOT_VERSION,
+};
 pub use split::{SplitCell, SplitRegistry};

@@ -5,6 +5,10 @@
 //! `SplitCell`. Ops on owned names are applied here, synchronously: each either succeeds and changes
 //! state (taking the next lsn) or fails and changes nothing. `tick` runs the periodic work: dedup
 //! expiry, publishing split aggregates, splitting hot counters and merging cooled ones.
+//!
+//! Every state change takes the next lsn and is handed to the caller's `LogSink` as a `LogRecord`
+//! before the call returns; splits and merges included. Recovery (`replay.rs`) rebuilds a shard
+//! from those records, and `snapshot.rs` writes and restores its whole state.
 
 use std::sync::Arc;
 
@@ -14,6 +18,11 @@ use tally_proto::reply::{REPLY_APPROX, REPLY_DUPLICATE, REPLY_EXISTS, REPLY_SPLI
 use tally_proto::{name_hash, shard_of, CounterKind, ErrorCode, Reply, Request, Token};
 
 pub use crate::audit::ResetRecord;
+pub use replay::{reconcile, Reconciled};
+pub use snapshot::{SnapshotDeps, SnapshotError, SNAPSHOT_VERSION};
+
+mod replay;
+mod snapshot;
 
 use crate::audit::AuditRing;
 use crate::config::ShardConfig;
@@ -23,6 +32,7 @@ use crate::limits::{
     ARENA_BYTES_MAX, AUDIT_RECORDS_MAX, DEDUP_ENTRIES_MAX, HOT_SKETCH_SLOTS, SPLIT_ELIGIBLE_ABS_MAX, SPLIT_OWNED_MAX,
     SPLIT_VALUE_ABS_MAX,
 };
+use crate::log::{Keyed, LogRecord, LogSink, LsnCheck};
 use crate::split::{OwnedSplit, SlotAdd, SplitCache, SplitCell, SplitRegistry};
 use crate::table::{table_hash, CounterId, Entry, Table, FLAG_BOUNDED, FLAG_FORCED, FLAG_SPLIT, FLAG_STRICT};
 
@@ -141,6 +151,40 @@ impl<'a> Key<'a> {
     }
 }
 
+/// A split epoch the owner recovered (from its log or a snapshot) and has not merged yet: the
+/// counter's entry holds the owner's part, and the other shards' recovered slot parts of `epoch`
+/// are folded in by `Shard::fold_recovered`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RecoveredSplit {
+    pub epoch: u64,
+    pub table_hash: u64,
+    pub name_len: u8,
+}
+
+/// The last merged split epoch of an owned counter (and its name's length, to name it in snapshots).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MergedEpoch {
+    pub epoch: u64,
+    pub name_len: u8,
+}
+
+/// What a recovering non-owner holds of one split epoch of another shard's counter: the sum of its
+/// logged slot increments (or its snapshot's slot amount plus the increments after it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RecoveredPart {
+    pub name_len: u8,
+    pub amount: i64,
+}
+
+/// Takes the next lsn and hands `record` to `log`. A free function so that a record can borrow a
+/// name from the table while the shard's lsn changes.
+#[inline]
+fn commit(lsn: &mut u64, log: &mut dyn LogSink, record: &LogRecord<'_>) -> u64 {
+    *lsn += 1;
+    log.record(*lsn, record);
+    *lsn
+}
+
 #[derive(Debug, Default)]
 struct Counts {
     ops_applied: u64,
@@ -171,6 +215,15 @@ pub struct Shard {
     tick_last_ms: Option<u64>,
     /// Reused by `tick` so that it does not allocate.
     merge_scratch: Vec<CounterId>,
+    /// For every owned counter that was ever split, by arena offset: the epoch of its last merge.
+    /// A new split's epoch (its lsn) must be above it, so epochs of one name only ever grow, even
+    /// after recovery folded an epoch the owner's log had lost (see `fold_recovered`).
+    merged_epochs: HashMap<u32, MergedEpoch>,
+    /// Recovery only (empty while serving): split epochs replay or a snapshot left open, by offset.
+    recovered_open: HashMap<u32, RecoveredSplit>,
+    /// Recovery only (empty while serving): slot parts of other shards' split counters, by
+    /// (foreign name id, epoch).
+    recovered_parts: HashMap<(u32, u64), RecoveredPart>,
     lsn: u64,
     strict_counters: u64,
     counts: Counts,
@@ -204,6 +257,7 @@ impl Shard {
             .filter(|name| shard_of(name, config.shards) == config.shard)
             .cloned()
             .collect();
+        let split_cache = SplitCache::new(config.shard, config.shards);
         Shard {
             sampler: Sampler::new(config.hot.sample_every, 0x9e37_79b9_7f4a_7c15 ^ u64::from(config.shard)),
             dedup: Dedup::new(config.dedup_window_ms, dedup_entries_max),
@@ -212,12 +266,15 @@ impl Shard {
             table: Table::with_arena_bytes_max(arena_bytes_max),
             bounds: HashMap::new(),
             owned_splits: HashMap::new(),
-            split_cache: SplitCache::new(),
+            split_cache,
             audit: AuditRing::new(AUDIT_RECORDS_MAX),
             sketch: HotSketch::new(),
             forced_owned,
             tick_last_ms: None,
             merge_scratch: Vec::new(),
+            merged_epochs: HashMap::new(),
+            recovered_open: HashMap::new(),
+            recovered_parts: HashMap::new(),
             lsn: 0,
             strict_counters: 0,
             counts: Counts::default(),
@@ -233,8 +290,18 @@ impl Shard {
     }
 
     /// Applies `op` if this shard owns its name (or it is an unkeyed increment of a split counter),
-    /// otherwise says which shard owns it. Never blocks.
-    pub fn apply(&mut self, op: &Request<'_>, ctx: &Ctx<'_>) -> Applied {
+    /// otherwise says which shard owns it. Never blocks. Every lsn it assigns (at most three: the
+    /// merge, the op and the re-split of a forced counter's RESET) is recorded in `log`, in order,
+    /// before it returns; an op that fails or is forwarded records nothing.
+    pub fn apply(&mut self, op: &Request<'_>, ctx: &Ctx<'_>, log: &mut dyn LogSink) -> Applied {
+        self.assert_serving();
+        let mut log = LsnCheck::new(log, self.lsn);
+        let applied = self.apply_checked(op, ctx, &mut log);
+        assert_eq!(log.lsn, self.lsn, "every lsn assigned is recorded");
+        applied
+    }
+
+    fn apply_checked(&mut self, op: &Request<'_>, ctx: &Ctx<'_>, log: &mut dyn LogSink) -> Applied {
         let Some(name) = op.name() else {
             self.counts.ops_failed += 1;
             return Applied::Done(Err(Failure::new(ErrorCode::Internal, "handled by the node")));
@@ -243,7 +310,7 @@ impl Shard {
         let owner = (key.name_hash % u64::from(self.config.shards)) as u16;
         if owner != self.config.shard {
             if let Request::Incr { delta, key: None, .. } = *op {
-                if let Some(reply) = self.incr_into_slot(key, delta) {
+                if let Some(reply) = self.incr_into_slot(key, delta, log) {
                     self.counts.ops_applied += 1;
                     self.counts.split_slot_incrs += 1;
                     return Applied::Done(Ok(reply));
@@ -254,7 +321,7 @@ impl Shard {
         }
         let lsn_before = self.lsn;
         let outcome = match *op {
-            Request::Incr { delta, key: idem, .. } => self.incr(key, delta, idem, ctx.now_ms),
+            Request::Incr { delta, key: idem, .. } => self.incr(key, delta, idem, ctx.now_ms, log),
             Request::Get { token, .. } => self.get(key, token),
             Request::Create {
                 kind,
@@ -262,16 +329,16 @@ impl Shard {
                 min,
                 max,
                 ..
-            } => self.create(key, kind, initial, min, max),
-            Request::Cas { expected, new, .. } => self.cas(key, expected, new),
+            } => self.create(key, kind, initial, min, max, log),
+            Request::Cas { expected, new, .. } => self.cas(key, expected, new, log),
             Request::AddBounded {
                 delta,
                 min,
                 max,
                 key: idem,
                 ..
-            } => self.add_bounded(key, delta, min, max, idem, ctx.now_ms),
-            Request::Reset { value, reason, .. } => self.reset(key, value, reason, ctx),
+            } => self.add_bounded(key, delta, min, max, idem, ctx.now_ms, log),
+            Request::Reset { value, reason, .. } => self.reset(key, value, reason, ctx, log),
             Request::Hello { .. } | Request::Stats => unreachable!("ops without a name were answered above"),
         };
         match &outcome {
@@ -289,8 +356,16 @@ impl Shard {
 
     /// Periodic work, every `config.hot.tick_ms`: expires idempotency keys, publishes split
     /// aggregates, merges split counters that cooled down, splits counters that got hot, and splits
-    /// forced names that became eligible. Allocates only when it splits.
-    pub fn tick(&mut self, now_ms: u64) {
+    /// forced names that became eligible. Allocates only when it splits. Each split and merge takes
+    /// an lsn, recorded in `log` before it returns.
+    pub fn tick(&mut self, now_ms: u64, log: &mut dyn LogSink) {
+        self.assert_serving();
+        let mut log = LsnCheck::new(log, self.lsn);
+        self.tick_checked(now_ms, &mut log);
+        assert_eq!(log.lsn, self.lsn, "every lsn assigned is recorded");
+    }
+
+    fn tick_checked(&mut self, now_ms: u64, log: &mut dyn LogSink) {
         self.dedup.expire(now_ms);
         let elapsed_ms = match self.tick_last_ms {
             // No time has passed: keep measuring and decide over a longer span next time.
@@ -299,12 +374,24 @@ impl Shard {
             None => None,
         };
         self.tick_last_ms = Some(now_ms);
-        self.tick_split_counters(elapsed_ms);
+        self.tick_split_counters(elapsed_ms, log);
         if let Some(elapsed_ms) = elapsed_ms {
-            self.tick_hot_counters(elapsed_ms);
+            self.tick_hot_counters(elapsed_ms, log);
         }
         self.sketch.clear();
-        self.tick_forced_counters();
+        self.tick_forced_counters(log);
+    }
+
+    /// A shard serves (applies ops, ticks) only once recovery has folded what it recovered.
+    fn assert_serving(&self) {
+        assert!(
+            self.recovered_open.is_empty(),
+            "recovered split epochs are still open: run the recovery reconcile before serving"
+        );
+        assert!(
+            self.recovered_parts.is_empty(),
+            "recovered slot parts are still held: run the recovery reconcile before serving"
+        );
     }
 
     pub fn stats(&self) -> ShardStats {
@@ -333,6 +420,9 @@ impl Shard {
         let forced: usize = self.forced_owned.iter().map(|name| name.capacity()).sum();
         self.table.memory_bytes()
             + self.bounds.allocation_size() as u64
+            + self.merged_epochs.allocation_size() as u64
+            + self.recovered_open.allocation_size() as u64
+            + self.recovered_parts.allocation_size() as u64
             + self.owned_splits.allocation_size() as u64
             + self.owned_splits.len() as u64 * SplitCell::memory_bytes(self.config.shards)
             + self.split_cache.memory_bytes()
@@ -369,24 +459,34 @@ impl Shard {
     }
 
     /// Splits `name` now if this shard owns it and it is eligible (an analytic counter within
-    /// ±2^61, hot splitting enabled, fewer than `SPLIT_OWNED_MAX` split counters). For admin tools
-    /// and tests; returns whether it split.
-    pub fn split_now(&mut self, name: &[u8]) -> bool {
+    /// ±2^61, hot splitting enabled, fewer than `SPLIT_OWNED_MAX` split counters, and this lsn
+    /// above the name's last merged epoch). For admin tools and tests; takes an lsn, recorded in
+    /// `log`. Returns whether it split.
+    pub fn split_now(&mut self, name: &[u8], log: &mut dyn LogSink) -> bool {
+        self.assert_serving();
         let key = Key::new(name);
-        match self.owned_entry(key) {
-            Some(entry) => self.split_counter(entry.id(key.hash)),
+        let mut log = LsnCheck::new(log, self.lsn);
+        let split = match self.owned_entry(key) {
+            Some(entry) => self.split_counter(entry.id(key.hash), &mut log),
             None => false,
-        }
+        };
+        assert_eq!(log.lsn, self.lsn, "every lsn assigned is recorded");
+        split
     }
 
     /// Merges `name` now if this shard owns it and it is split (forced names included; a forced
-    /// name is split again at the next tick). Takes an lsn. Returns whether it merged.
-    pub fn merge_now(&mut self, name: &[u8]) -> bool {
+    /// name is split again at the next tick). Takes an lsn, recorded in `log`. Returns whether it
+    /// merged.
+    pub fn merge_now(&mut self, name: &[u8], log: &mut dyn LogSink) -> bool {
+        self.assert_serving();
         let key = Key::new(name);
-        match self.owned_entry(key) {
-            Some(entry) => self.merge_counter(entry.id(key.hash)),
+        let mut log = LsnCheck::new(log, self.lsn);
+        let merged = match self.owned_entry(key) {
+            Some(entry) => self.merge_counter(entry.id(key.hash), &mut log),
             None => false,
-        }
+        };
+        assert_eq!(log.lsn, self.lsn, "every lsn assigned is recorded");
+        merged
     }
 
     fn owned_entry(&self, key: Key<'_>) -> Option<Entry> {
@@ -405,7 +505,7 @@ impl Shard {
 
     // ---- ops on names this shard owns ----
 
-    fn incr(&mut self, key: Key<'_>, delta: i64, idem: Option<u128>, now_ms: u64) -> Outcome {
+    fn incr(&mut self, key: Key<'_>, delta: i64, idem: Option<u128>, now_ms: u64, log: &mut dyn LogSink) -> Outcome {
         if let Some(idem) = idem {
             match self.dedup.check(idem, key.name_hash, delta, now_ms) {
                 DedupCheck::Fresh => {}
@@ -413,7 +513,7 @@ impl Shard {
                 DedupCheck::Conflict => return Err(idempotency_conflict(idem)),
             }
         }
-        let (value, flags) = match self.table.find_mut(key.hash, key.name) {
+        let (id, value, flags, created) = match self.table.find_mut(key.hash, key.name) {
             // The common case: a plain analytic counter, one lookup and no side maps.
             Some(entry) if entry.flags == 0 => {
                 let value = entry
@@ -424,22 +524,34 @@ impl Shard {
                 if self.config.hot.enabled && self.sampler.hit() {
                     self.sketch.observe(entry.name_at, entry.name_len, key.hash);
                 }
-                (value, 0)
+                (entry.id(key.hash), value, 0, false)
             }
             Some(entry) => {
                 let entry = *entry;
-                self.incr_declared(key, entry, delta)?
+                let (value, flags) = self.incr_declared(key, entry, delta)?;
+                (entry.id(key.hash), value, flags, false)
             }
-            None => self.incr_new(key, delta)?,
+            None => {
+                let id = self.incr_new(key, delta)?;
+                (id, delta, 0, true)
+            }
         };
-        self.lsn += 1;
+        let record = LogRecord::Incr {
+            name: key.name,
+            name_id: id.name_at,
+            delta,
+            key: idem.map(|key| Keyed { key, value }),
+        };
+        let lsn = commit(&mut self.lsn, log, &record);
         if let Some(idem) = idem {
-            self.dedup.record(idem, key.name_hash, delta, value, self.lsn, now_ms);
+            self.dedup.record(idem, key.name_hash, delta, value, lsn, now_ms);
         }
+        // A forced name splits right after the increment that created it.
+        let split = created && self.split_if_forced(id, log);
         Ok(Reply::Incr {
             value,
-            flags,
-            token: self.token(self.lsn),
+            flags: if split { flags | REPLY_SPLIT } else { flags },
+            token: self.token(lsn),
         })
     }
 
@@ -498,7 +610,7 @@ impl Shard {
     }
 
     /// INCR of an unknown name: creates it (with its namespace's kind and bounds) holding `delta`.
-    fn incr_new(&mut self, key: Key<'_>, delta: i64) -> Result<(i64, u8), Failure> {
+    fn incr_new(&mut self, key: Key<'_>, delta: i64) -> Result<CounterId, Failure> {
         let (kind, bounds) = self.namespace_kind(key.name);
         if !within(bounds, delta) {
             return Err(bound_violation(0, delta, bounds));
@@ -509,8 +621,7 @@ impl Shard {
         if entry.flags == 0 && self.config.hot.enabled && self.sampler.hit() {
             self.sketch.observe(entry.name_at, entry.name_len, key.hash);
         }
-        let flags = if entry.is(FLAG_SPLIT) { REPLY_SPLIT } else { 0 };
-        Ok((delta, flags))
+        Ok(id)
     }
 
     fn get(&self, key: Key<'_>, token: Option<Token>) -> Outcome {
@@ -535,7 +646,15 @@ impl Shard {
         })
     }
 
-    fn create(&mut self, key: Key<'_>, kind: CounterKind, initial: i64, min: Option<i64>, max: Option<i64>) -> Outcome {
+    fn create(
+        &mut self,
+        key: Key<'_>,
+        kind: CounterKind,
+        initial: i64,
+        min: Option<i64>,
+        max: Option<i64>,
+        log: &mut dyn LogSink,
+    ) -> Outcome {
         let bounds = match kind {
             CounterKind::Analytic => {
                 if min.is_some() || max.is_some() {
@@ -582,7 +701,16 @@ impl Shard {
             });
         }
         let id = self.create_entry(key, initial, kind, bounds)?;
-        self.lsn += 1;
+        let record = LogRecord::Create {
+            name: key.name,
+            name_id: id.name_at,
+            kind,
+            initial,
+            min: bounds.0,
+            max: bounds.1,
+        };
+        commit(&mut self.lsn, log, &record);
+        self.split_if_forced(id, log);
         Ok(Reply::Create {
             created: true,
             value: initial,
@@ -590,7 +718,7 @@ impl Shard {
         })
     }
 
-    fn cas(&mut self, key: Key<'_>, expected: i64, new: i64) -> Outcome {
+    fn cas(&mut self, key: Key<'_>, expected: i64, new: i64, log: &mut dyn LogSink) -> Outcome {
         let StrictTarget {
             value: current,
             bounds,
@@ -610,19 +738,26 @@ impl Shard {
                 format!("expected {expected}, the value is {current}"),
             ));
         }
-        match existing {
-            Some(id) => self.table.get_mut(id).value = new,
-            None => {
-                self.create_entry(key, new, CounterKind::Strict, bounds)?;
+        let id = match existing {
+            Some(id) => {
+                self.table.get_mut(id).value = new;
+                id
             }
-        }
-        self.lsn += 1;
+            None => self.create_entry(key, new, CounterKind::Strict, bounds)?,
+        };
+        let record = LogRecord::Cas {
+            name: key.name,
+            name_id: id.name_at,
+            new,
+        };
+        let lsn = commit(&mut self.lsn, log, &record);
         Ok(Reply::Cas {
             value: new,
-            token: self.token(self.lsn),
+            token: self.token(lsn),
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn add_bounded(
         &mut self,
         key: Key<'_>,
@@ -631,6 +766,7 @@ impl Shard {
         max: i64,
         idem: Option<u128>,
         now_ms: u64,
+        log: &mut dyn LogSink,
     ) -> Outcome {
         if min > max {
             return Err(Failure::new(
@@ -662,24 +798,31 @@ impl Shard {
             Some(next) if within(bounds, next) => next,
             _ => return Err(bound_violation(current, delta, bounds)),
         };
-        match existing {
-            Some(id) => self.table.get_mut(id).value = next,
-            None => {
-                self.create_entry(key, next, CounterKind::Strict, declared)?;
+        let id = match existing {
+            Some(id) => {
+                self.table.get_mut(id).value = next;
+                id
             }
-        }
-        self.lsn += 1;
+            None => self.create_entry(key, next, CounterKind::Strict, declared)?,
+        };
+        let record = LogRecord::AddBounded {
+            name: key.name,
+            name_id: id.name_at,
+            delta,
+            key: idem,
+        };
+        let lsn = commit(&mut self.lsn, log, &record);
         if let Some(idem) = idem {
-            self.dedup.record(idem, key.name_hash, delta, next, self.lsn, now_ms);
+            self.dedup.record(idem, key.name_hash, delta, next, lsn, now_ms);
         }
         Ok(Reply::AddBounded {
             value: next,
             flags: 0,
-            token: self.token(self.lsn),
+            token: self.token(lsn),
         })
     }
 
-    fn reset(&mut self, key: Key<'_>, value: i64, reason: &[u8], ctx: &Ctx<'_>) -> Outcome {
+    fn reset(&mut self, key: Key<'_>, value: i64, reason: &[u8], ctx: &Ctx<'_>, log: &mut dyn LogSink) -> Outcome {
         let Some(entry) = self.table.find(key.hash, key.name).copied() else {
             return Err(Failure::new(ErrorCode::NotFound, "no such counter"));
         };
@@ -695,14 +838,21 @@ impl Shard {
         }
         let id = entry.id(key.hash);
         if entry.is(FLAG_SPLIT) {
-            let merged = self.merge_counter(id);
+            let merged = self.merge_counter(id, log);
             assert!(merged);
         }
         let entry = self.table.get_mut(id);
         let old = entry.value;
         entry.value = value;
-        let forced = entry.is(FLAG_FORCED);
-        self.lsn += 1;
+        let record = LogRecord::Reset {
+            name: key.name,
+            name_id: id.name_at,
+            old,
+            new: value,
+            reason,
+            client: ctx.client,
+        };
+        let lsn = commit(&mut self.lsn, log, &record);
         self.audit.push(ResetRecord {
             time_ms: ctx.now_ms,
             name: key.name.to_vec(),
@@ -710,56 +860,94 @@ impl Shard {
             new: value,
             reason: reason.to_vec(),
             client: ctx.client.to_vec(),
-            lsn: self.lsn,
+            lsn,
         });
-        if forced {
-            self.split_counter(id);
-        }
+        self.split_if_forced(id, log);
         Ok(Reply::Reset {
             old,
             new: value,
-            token: self.token(self.lsn),
+            token: self.token(lsn),
         })
     }
 
     // ---- split counters ----
 
     /// An unkeyed INCR of a name another shard owns: applied into this shard's slot if the counter
-    /// is split and the slot is open and in range; `None` means forward it to the owner.
-    fn incr_into_slot(&mut self, key: Key<'_>, delta: i64) -> Option<Reply> {
+    /// is split and the slot is open and in range; `None` means forward it to the owner. The
+    /// `SlotIncr` record is written only once the slot's compare-exchange succeeded, which is what
+    /// makes recovery exactly-once (see `fold_recovered`).
+    fn incr_into_slot(&mut self, key: Key<'_>, delta: i64, log: &mut dyn LogSink) -> Option<Reply> {
         if !self.config.hot.enabled {
             return None;
         }
         let shard = self.config.shard;
-        let cell = self.split_cache.lookup(&self.splits, key.hash, key.name)?;
-        match cell.add(shard, delta) {
+        let cached = self.split_cache.lookup(&self.splits, key.hash, key.name)?;
+        // The record needs the name's id in this shard's arena; the first slot increment of a name
+        // stores it there, so make sure it fits before the add (an add cannot be taken back).
+        let name_id = cached.name_id.or_else(|| self.table.foreign_find(key.hash, key.name));
+        if name_id.is_none() && self.table.next_name_at(key.name.len()).is_none() {
+            return None;
+        }
+        match cached.cell.add(shard, delta) {
             SlotAdd::Added { slot } => {
-                self.lsn += 1;
-                let value = cell.estimate(shard, slot);
+                let name_id = match name_id {
+                    Some(name_id) => name_id,
+                    None => self
+                        .table
+                        .foreign_insert(key.hash, key.name)
+                        .expect("the arena had room a moment ago"),
+                };
+                cached.name_id = Some(name_id);
+                let record = LogRecord::SlotIncr {
+                    name: key.name,
+                    name_id,
+                    epoch: cached.cell.epoch(),
+                    delta,
+                };
+                let lsn = commit(&mut self.lsn, log, &record);
                 Some(Reply::Incr {
-                    value,
+                    value: cached.cell.estimate(shard, slot),
                     flags: REPLY_SPLIT | REPLY_APPROX,
-                    token: Token { shard, lsn: self.lsn },
+                    token: Token { shard, lsn },
                 })
             }
             SlotAdd::Closed | SlotAdd::OutOfRange => None,
         }
     }
 
-    /// Splits an owned counter if it is eligible; returns whether it did. Does not take an lsn: the
-    /// value does not change.
-    fn split_counter(&mut self, id: CounterId) -> bool {
+    /// Splits a counter if it was created or reset as a forced name; returns whether it split.
+    fn split_if_forced(&mut self, id: CounterId, log: &mut dyn LogSink) -> bool {
+        self.table.get(id).is(FLAG_FORCED) && self.split_counter(id, log)
+    }
+
+    /// Splits an owned counter if it is eligible; returns whether it did. Takes an lsn: the split's
+    /// epoch, recorded as `Split` before the cell is published, so every slot increment of the
+    /// epoch is logged after it (on whichever shard).
+    fn split_counter(&mut self, id: CounterId, log: &mut dyn LogSink) -> bool {
         if !self.config.hot.enabled || self.owned_splits.len() >= SPLIT_OWNED_MAX {
             return false;
         }
         let (shard, shards) = (self.config.shard, self.config.shards);
+        let epoch = self.lsn + 1;
+        if self.merged_epoch(id.name_at).is_some_and(|merged| epoch <= merged) {
+            // Recovery folded an epoch above this lsn that the owner's log had lost: wait until the
+            // lsns pass it, so that one name never has two splits of the same epoch.
+            return false;
+        }
         let entry = self.table.get_mut(id);
         if entry.is(FLAG_STRICT) || entry.is(FLAG_SPLIT) || entry.value.unsigned_abs() > SPLIT_ELIGIBLE_ABS_MAX {
             return false;
         }
         entry.flags |= FLAG_SPLIT;
         let forced = entry.is(FLAG_FORCED);
-        let cell = Arc::new(SplitCell::new(shard, shards, entry.value));
+        let cell = Arc::new(SplitCell::new(shard, shards, entry.value, epoch));
+        let record = LogRecord::Split {
+            name: self.table.name_of(id),
+            name_id: id.name_at,
+            epoch,
+        };
+        let lsn = commit(&mut self.lsn, log, &record);
+        assert_eq!(lsn, epoch);
         self.splits.insert(self.table.name_of(id), cell.clone());
         let owned = OwnedSplit {
             cell,
@@ -777,8 +965,8 @@ impl Shard {
     }
 
     /// Folds a split counter's slots back into the owner's part; returns whether it was split.
-    /// Takes an lsn: the owner's part changes.
-    fn merge_counter(&mut self, id: CounterId) -> bool {
+    /// Takes an lsn (the owner's part changes), recorded as `Merge` with what the slots held.
+    fn merge_counter(&mut self, id: CounterId, log: &mut dyn LogSink) -> bool {
         let entry = self.table.get_mut(id);
         if !entry.is(FLAG_SPLIT) {
             return false;
@@ -787,11 +975,12 @@ impl Shard {
             .owned_splits
             .remove(&id.name_at)
             .expect("a split counter has its cell");
-        let slots = owned.cell.close();
+        let epoch = owned.cell.epoch();
+        let amount = owned.cell.close(self.lsn + 1);
         // The owner's part is within ±2^62 and each slot under ±2^54 (limits.rs): no overflow.
         entry.value = entry
             .value
-            .checked_add(slots)
+            .checked_add(amount)
             .expect("split ranges keep the merged value within an i64");
         entry.flags &= !FLAG_SPLIT;
         let removed = self
@@ -799,14 +988,22 @@ impl Shard {
             .remove(self.table.name_of(id))
             .expect("the registry holds every split counter");
         assert!(Arc::ptr_eq(&removed, &owned.cell));
-        self.lsn += 1;
+        self.set_merged_epoch(id, epoch);
+        let record = LogRecord::Merge {
+            name: self.table.name_of(id),
+            name_id: id.name_at,
+            epoch,
+            amount,
+        };
+        let lsn = commit(&mut self.lsn, log, &record);
+        assert_eq!(owned.cell.merge_lsn(), lsn);
         self.counts.merges += 1;
         true
     }
 
     /// Publishes every owned split counter's aggregate and, when `elapsed_ms` is known, measures
     /// its rate and merges the ones that stayed below the merge rate long enough.
-    fn tick_split_counters(&mut self, elapsed_ms: Option<u64>) {
+    fn tick_split_counters(&mut self, elapsed_ms: Option<u64>, log: &mut dyn LogSink) {
         let merge_rate = self.config.hot.merge_rate_per_sec;
         let merge_after = self.config.hot.merge_after_ticks;
         self.merge_scratch.clear();
@@ -836,14 +1033,14 @@ impl Shard {
         }
         let merges = std::mem::take(&mut self.merge_scratch);
         for &id in &merges {
-            let merged = self.merge_counter(id);
+            let merged = self.merge_counter(id, log);
             assert!(merged);
         }
         self.merge_scratch = merges;
     }
 
     /// Splits the counters the sketch measured at or above the split rate.
-    fn tick_hot_counters(&mut self, elapsed_ms: u64) {
+    fn tick_hot_counters(&mut self, elapsed_ms: u64, log: &mut dyn LogSink) {
         if !self.config.hot.enabled {
             return;
         }
@@ -852,18 +1049,19 @@ impl Shard {
         items[..len].copy_from_slice(self.sketch.items());
         for item in &items[..len] {
             if sampled_rate_per_sec(item, self.sampler.every(), elapsed_ms) >= self.config.hot.split_rate_per_sec {
-                self.split_counter(CounterId {
+                let id = CounterId {
                     hash: item.table_hash,
                     name_at: item.name_at,
                     name_len: item.name_len,
-                });
+                };
+                self.split_counter(id, log);
             }
         }
     }
 
     /// Splits forced names that exist, are not split and are eligible (e.g. after a RESET brought a
     /// large value back into the split range).
-    fn tick_forced_counters(&mut self) {
+    fn tick_forced_counters(&mut self, log: &mut dyn LogSink) {
         if !self.config.hot.enabled || self.forced_owned.is_empty() {
             return;
         }
@@ -872,7 +1070,7 @@ impl Shard {
             let key = Key::new(name);
             if let Some(entry) = self.table.find(key.hash, key.name).copied() {
                 if entry.is(FLAG_FORCED) && !entry.is(FLAG_SPLIT) {
-                    self.split_counter(entry.id(key.hash));
+                    self.split_counter(entry.id(key.hash), log);
                 }
             }
         }
@@ -881,7 +1079,8 @@ impl Shard {
 
     // ---- helpers ----
 
-    /// Adds a counter; splits it at once if it is a forced name.
+    /// Adds a counter (flagged forced if it is a forced name; the caller splits it after logging the
+    /// op that created it).
     fn create_entry(
         &mut self,
         key: Key<'_>,
@@ -917,11 +1116,23 @@ impl Shard {
         if entry.is(FLAG_STRICT) {
             self.strict_counters += 1;
         }
-        let id = entry.id(key.hash);
-        if entry.is(FLAG_FORCED) {
-            self.split_counter(id);
+        Ok(entry.id(key.hash))
+    }
+
+    /// The epoch of the last merge of an owned counter that was ever split.
+    fn merged_epoch(&self, name_at: u32) -> Option<u64> {
+        self.merged_epochs.get(&name_at).map(|merged| merged.epoch)
+    }
+
+    /// Records `epoch` as `id`'s last merged epoch; epochs of one name only grow.
+    fn set_merged_epoch(&mut self, id: CounterId, epoch: u64) {
+        let merged = MergedEpoch {
+            epoch,
+            name_len: id.name_len,
+        };
+        if let Some(previous) = self.merged_epochs.insert(id.name_at, merged) {
+            assert!(previous.epoch < epoch, "epochs of a name grow");
         }
-        Ok(id)
     }
 
     /// The kind and bounds an auto-created counter gets from its namespace.
@@ -997,6 +1208,71 @@ impl Shard {
     }
 }
 
+/// Everything replay and snapshots must reproduce, in a form tests can compare: counters by arena
+/// offset (flags without the live split bit), side maps sorted, the split epochs open (live or
+/// recovered), the dedup set and the audit ring, the arena bytes and the lsn.
+#[cfg(test)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Canonical {
+    pub lsn: u64,
+    pub counters: Vec<(u32, Vec<u8>, u8, i64)>,
+    pub bounds: Vec<(u32, (i64, i64))>,
+    pub foreign: Vec<(u32, Vec<u8>)>,
+    pub merged: Vec<(u32, u64)>,
+    pub open: Vec<(u32, u64)>,
+    pub parts: Vec<((u32, u64), i64)>,
+    pub dedup: Vec<crate::dedup::DedupEntry>,
+    pub dedup_time_last_ms: u64,
+    pub audit: Vec<ResetRecord>,
+    pub arena: Vec<Vec<u8>>,
+    pub strict_counters: u64,
+}
+
+#[cfg(test)]
+impl Shard {
+    pub(crate) fn canonical(&self) -> Canonical {
+        let mut counters: Vec<_> = self
+            .table
+            .iter()
+            .map(|e| (e.name_at, self.table.name(e).to_vec(), e.flags & !FLAG_SPLIT, e.value))
+            .collect();
+        counters.sort();
+        let mut bounds: Vec<_> = self.bounds.iter().map(|(&k, &v)| (k, v)).collect();
+        bounds.sort();
+        let mut foreign: Vec<_> = self
+            .table
+            .foreign_names()
+            .map(|f| (f.name_at, self.table.name_at(f.name_at, f.name_len).to_vec()))
+            .collect();
+        foreign.sort();
+        let mut merged: Vec<_> = self.merged_epochs.iter().map(|(&k, m)| (k, m.epoch)).collect();
+        merged.sort();
+        let mut open: Vec<_> = self
+            .owned_splits
+            .iter()
+            .map(|(&k, o)| (k, o.cell.epoch()))
+            .chain(self.recovered_open.iter().map(|(&k, r)| (k, r.epoch)))
+            .collect();
+        open.sort();
+        let mut parts: Vec<_> = self.recovered_parts.iter().map(|(&k, p)| (k, p.amount)).collect();
+        parts.sort();
+        Canonical {
+            lsn: self.lsn,
+            counters,
+            bounds,
+            foreign,
+            merged,
+            open,
+            parts,
+            dedup: self.dedup.entries().collect(),
+            dedup_time_last_ms: self.dedup.time_last_ms(),
+            audit: self.audit.iter().cloned().collect(),
+            arena: self.table.arena().chunks().map(<[u8]>::to_vec).collect(),
+            strict_counters: self.strict_counters,
+        }
+    }
+}
+
 fn within(bounds: (i64, i64), value: i64) -> bool {
     bounds.0 <= value && value <= bounds.1
 }
@@ -1025,6 +1301,7 @@ mod tests {
     use super::*;
     use crate::config::NamespaceRule;
     use crate::limits::SPLIT_SLOT_ABS_MAX;
+    use crate::log::NullLog;
 
     const CTX: Ctx<'static> = Ctx {
         now_ms: 1_000,
@@ -1072,7 +1349,7 @@ mod tests {
 
     fn incr(shard: &mut Shard, name: &[u8], delta: i64, key: Option<u128>, now_ms: u64) -> Outcome {
         let ctx = Ctx { now_ms, client: b"" };
-        done(shard.apply(&Request::Incr { name, delta, key }, &ctx))
+        done(shard.apply(&Request::Incr { name, delta, key }, &ctx, &mut NullLog))
     }
 
     fn get(shard: &mut Shard, name: &[u8]) -> (i64, u8) {
@@ -1083,6 +1360,7 @@ mod tests {
                 token: None,
             },
             &CTX,
+            &mut NullLog,
         )) {
             Ok(Reply::Get { value, flags }) => (value, flags),
             other => panic!("{other:?}"),
@@ -1111,6 +1389,7 @@ mod tests {
                 max,
             },
             &CTX,
+            &mut NullLog,
         ))
     }
 
@@ -1165,13 +1444,19 @@ mod tests {
             fresh: true,
             token: Some(Token { shard: 1, lsn: 0 }),
         };
-        assert_eq!(code(done(shard.apply(&bad, &CTX))).0, ErrorCode::InvalidArgument);
+        assert_eq!(
+            code(done(shard.apply(&bad, &CTX, &mut NullLog))).0,
+            ErrorCode::InvalidArgument
+        );
         let good = Request::Get {
             name: b"a",
             fresh: true,
             token: Some(Token { shard: 0, lsn: 0 }),
         };
-        assert_eq!(done(shard.apply(&good, &CTX)), Ok(Reply::Get { value: 0, flags: 0 }));
+        assert_eq!(
+            done(shard.apply(&good, &CTX, &mut NullLog)),
+            Ok(Reply::Get { value: 0, flags: 0 })
+        );
     }
 
     #[test]
@@ -1275,7 +1560,7 @@ mod tests {
     fn cas_rules() {
         let mut shard = single();
         let cas = |shard: &mut Shard, name: &[u8], expected, new| {
-            done(shard.apply(&Request::Cas { name, expected, new }, &CTX))
+            done(shard.apply(&Request::Cas { name, expected, new }, &CTX, &mut NullLog))
         };
         assert_eq!(code(cas(&mut shard, b"s", 0, 1)).0, ErrorCode::NotFound);
         incr(&mut shard, b"a", 1, None, 0).unwrap();
@@ -1315,6 +1600,7 @@ mod tests {
                     key: None,
                 },
                 &CTX,
+                &mut NullLog,
             ))
         };
         assert_eq!(code(add(&mut shard, b"s", 1, 5, 4)).0, ErrorCode::InvalidArgument);
@@ -1365,6 +1651,7 @@ mod tests {
                     now_ms: 77,
                     client: b"ops",
                 },
+                &mut NullLog,
             ))
         };
         assert_eq!(code(reset(&mut shard, b"a", 1)).0, ErrorCode::NotFound);
@@ -1452,7 +1739,7 @@ mod tests {
             max: 10,
             key: Some(9),
         };
-        let first = done(shard.apply(&add, &CTX)).unwrap();
+        let first = done(shard.apply(&add, &CTX, &mut NullLog)).unwrap();
         let Reply::AddBounded {
             value: 3,
             flags: 0,
@@ -1462,7 +1749,7 @@ mod tests {
             panic!("{first:?}")
         };
         assert_eq!(
-            done(shard.apply(&add, &CTX)),
+            done(shard.apply(&add, &CTX, &mut NullLog)),
             Ok(Reply::AddBounded {
                 value: 3,
                 flags: REPLY_DUPLICATE,
@@ -1480,6 +1767,7 @@ mod tests {
                 reason: b"",
             },
             &CTX,
+            &mut NullLog,
         ))
         .unwrap();
     }
@@ -1504,7 +1792,7 @@ mod tests {
         ));
         // Expiry also runs from tick.
         assert_eq!(shard.stats().dedup_entries, 1);
-        shard.tick(12_000);
+        shard.tick(12_000, &mut NullLog);
         assert_eq!(shard.stats().dedup_entries, 0);
     }
 
@@ -1562,7 +1850,8 @@ mod tests {
                     delta: 1,
                     key: None
                 },
-                &CTX
+                &CTX,
+                &mut NullLog
             ),
             Applied::Forward(1)
         );
@@ -1573,7 +1862,8 @@ mod tests {
                     fresh: false,
                     token: None
                 },
-                &CTX
+                &CTX,
+                &mut NullLog
             ),
             Applied::Forward(1)
         );
@@ -1583,12 +1873,16 @@ mod tests {
                 delta: 1,
                 key: None
             },
-            &CTX
+            &CTX,
+            &mut NullLog
         ))
         .is_ok());
-        assert_eq!(code(done(zero.apply(&Request::Stats, &CTX))).0, ErrorCode::Internal);
         assert_eq!(
-            code(done(zero.apply(&Request::Hello { client: b"x" }, &CTX))).0,
+            code(done(zero.apply(&Request::Stats, &CTX, &mut NullLog))).0,
+            ErrorCode::Internal
+        );
+        assert_eq!(
+            code(done(zero.apply(&Request::Hello { client: b"x" }, &CTX, &mut NullLog))).0,
             ErrorCode::Internal
         );
         assert_eq!(zero.stats().ops_forwarded, 2);
@@ -1628,7 +1922,8 @@ mod tests {
                     delta: 1,
                     key: Some(3)
                 },
-                &CTX
+                &CTX,
+                &mut NullLog
             ),
             Applied::Forward(0)
         );
@@ -1643,7 +1938,7 @@ mod tests {
         ));
         // Forced names never merge by rate.
         for now in 1..50 {
-            zero.tick(now * 100);
+            zero.tick(now * 100, &mut NullLog);
         }
         assert_eq!(zero.stats().merges, 0);
         assert_eq!(get(&mut zero, &hot).0, 16);
@@ -1658,12 +1953,12 @@ mod tests {
             config.hot.sample_every = 1;
         });
         let name = owned_name("c", 0, 2);
-        zero.tick(0);
+        zero.tick(0, &mut NullLog);
         for _ in 0..20 {
             incr(&mut zero, &name, 1, None, 0).unwrap();
         }
         // 20 increments in 100 ms is 200/s: split.
-        zero.tick(100);
+        zero.tick(100, &mut NullLog);
         assert_eq!(zero.split_names(), vec![name.clone()]);
         assert!(matches!(
             incr(&mut one, &name, 3, None, 0),
@@ -1674,11 +1969,11 @@ mod tests {
         for _ in 0..10 {
             incr(&mut one, &name, 1, None, 0).unwrap();
         }
-        zero.tick(200);
+        zero.tick(200, &mut NullLog);
         assert_eq!(zero.stats().split_owned, 1);
         let lsn = zero.lsn();
-        zero.tick(300);
-        zero.tick(400);
+        zero.tick(300, &mut NullLog);
+        zero.tick(400, &mut NullLog);
         assert_eq!(zero.stats().merges, 1);
         assert_eq!(zero.lsn(), lsn + 1);
         assert!(zero.split_names().is_empty());
@@ -1691,7 +1986,8 @@ mod tests {
                     delta: 1,
                     key: None
                 },
-                &CTX
+                &CTX,
+                &mut NullLog
             ),
             Applied::Forward(0)
         );
@@ -1706,7 +2002,7 @@ mod tests {
             config.hot.sample_every = 1;
         });
         let (exact, short) = (owned_name("x", 0, 2), owned_name("y", 0, 2));
-        zero.tick(0);
+        zero.tick(0, &mut NullLog);
         for _ in 0..10 {
             incr(&mut zero, &exact, 1, None, 0).unwrap();
         }
@@ -1714,18 +2010,18 @@ mod tests {
             incr(&mut zero, &short, 1, None, 0).unwrap();
         }
         // 10 in 100 ms is exactly the split rate; 9 is below it.
-        zero.tick(100);
+        zero.tick(100, &mut NullLog);
         assert_eq!(zero.split_names(), vec![exact.clone()]);
         // 5 in 100 ms is exactly the merge rate: not cool.
         for _ in 0..5 {
             incr(&mut one, &exact, 1, None, 0).unwrap();
         }
-        zero.tick(200);
+        zero.tick(200, &mut NullLog);
         assert_eq!(zero.stats().merges, 0);
         for _ in 0..4 {
             incr(&mut one, &exact, 1, None, 0).unwrap();
         }
-        zero.tick(300);
+        zero.tick(300, &mut NullLog);
         assert_eq!(zero.stats().merges, 1);
         assert_eq!(get(&mut zero, &exact).0, 19);
     }
@@ -1742,11 +2038,11 @@ mod tests {
             config.hot.sample_every = 1;
         });
         incr(&mut zero, &hot, 1, None, 0).unwrap();
-        zero.tick(0);
+        zero.tick(0, &mut NullLog);
         incr(&mut zero, &hot, 1, None, 0).unwrap();
-        zero.tick(100);
+        zero.tick(100, &mut NullLog);
         assert!(zero.split_names().is_empty());
-        assert!(!zero.split_now(&hot));
+        assert!(!zero.split_now(&hot, &mut NullLog));
     }
 
     #[test]
@@ -1754,10 +2050,13 @@ mod tests {
         let (mut zero, mut one) = pair(|_| {});
         let big = owned_name("big", 0, 2);
         incr(&mut zero, &big, (1 << 61) + 1, None, 0).unwrap();
-        assert!(!zero.split_now(&big), "a counter beyond ±2^61 is never split");
+        assert!(
+            !zero.split_now(&big, &mut NullLog),
+            "a counter beyond ±2^61 is never split"
+        );
         let name = owned_name("r", 0, 2);
         incr(&mut zero, &name, 1 << 61, None, 0).unwrap();
-        assert!(zero.split_now(&name));
+        assert!(zero.split_now(&name, &mut NullLog));
         // The owner's part stays within ±2^62.
         assert_eq!(
             code(incr(&mut zero, &name, (1 << 61) + 1, None, 0)).0,
@@ -1775,7 +2074,8 @@ mod tests {
                     delta: -1,
                     key: None
                 },
-                &CTX
+                &CTX,
+                &mut NullLog
             ),
             Applied::Forward(0)
         );
@@ -1789,6 +2089,7 @@ mod tests {
                 reason: b"",
             },
             &CTX,
+            &mut NullLog,
         ));
         assert_eq!(
             reply,
@@ -1807,10 +2108,10 @@ mod tests {
         let (mut zero, _one) = pair(|_| {});
         let name = owned_name("s", 0, 2);
         create(&mut zero, &name, CounterKind::Strict, 0, None, None).unwrap();
-        assert!(!zero.split_now(&name));
+        assert!(!zero.split_now(&name, &mut NullLog));
         let other = owned_name("a", 0, 2);
         incr(&mut zero, &other, 1, None, 0).unwrap();
-        assert!(zero.split_now(&other));
+        assert!(zero.split_now(&other, &mut NullLog));
         assert_eq!(
             code(create(&mut zero, &other, CounterKind::Strict, 0, None, None)).0,
             ErrorCode::AlreadyExists

@@ -21,6 +21,11 @@
 //!
 //! Shards find cells through a local `SplitCache` that they refresh from the registry only when the
 //! registry's generation changed: one atomic load per forwarded increment, no lock on the hot path.
+//!
+//! Durability: every split has an epoch (the lsn of the owner's `Split` record) that slot increments
+//! are logged with, and a closed cell remembers the lsn of the owner's `Merge` record. A non-owner
+//! whose slot was closed owes nothing to its own log (the merge took its slot), but its snapshots
+//! depend on that `Merge` being durable; the cache tracks that per owner (`SplitCache::owed`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -54,6 +59,11 @@ struct Published(AtomicI64);
 /// One split counter's slots, one cache line per shard.
 pub struct SplitCell {
     owner: u16,
+    /// The lsn of the owner's `Split` record: slot increments are logged with it.
+    epoch: u64,
+    /// The lsn of the owner's `Merge` record once the cell is closed, 0 while open. Stored before the
+    /// slots are swapped, so a shard that sees its slot closed sees it.
+    merge_lsn: AtomicU64,
     published: Published,
     slots: Box<[Slot]>,
 }
@@ -70,10 +80,11 @@ pub enum SlotAdd {
 }
 
 impl SplitCell {
-    /// A cell for a counter of `owner` whose value is `value` at the split.
-    pub fn new(owner: u16, shards: u16, value: i64) -> SplitCell {
+    /// A cell for a counter of `owner` whose value is `value` at the split, logged at lsn `epoch`.
+    pub fn new(owner: u16, shards: u16, value: i64, epoch: u64) -> SplitCell {
         assert!(owner < shards);
         assert!(value.unsigned_abs() <= SPLIT_VALUE_ABS_MAX as u64);
+        assert!(epoch > 0, "an epoch is an lsn, and lsns start at 1");
         let slots = (0..shards)
             .map(|_| Slot {
                 value: AtomicI64::new(0),
@@ -83,6 +94,8 @@ impl SplitCell {
             .collect();
         SplitCell {
             owner,
+            epoch,
+            merge_lsn: AtomicU64::new(0),
             published: Published(AtomicI64::new(value)),
             slots,
         }
@@ -90,6 +103,22 @@ impl SplitCell {
 
     pub fn owner(&self) -> u16 {
         self.owner
+    }
+
+    /// The lsn of the owner's `Split` record for this cell.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The lsn of the owner's `Merge` record, or 0 while the cell is open.
+    pub fn merge_lsn(&self) -> u64 {
+        self.merge_lsn.load(Ordering::Acquire)
+    }
+
+    /// What `shard`'s slot holds now, `None` once closed.
+    pub fn slot_value(&self, shard: u16) -> Option<i64> {
+        let value = self.slots[shard as usize].value.load(Ordering::Acquire);
+        (value != SLOT_CLOSED).then_some(value)
     }
 
     pub fn shards(&self) -> u16 {
@@ -173,8 +202,11 @@ impl SplitCell {
     }
 
     /// Owner, at merge: closes every slot and returns the sum of what they held. After this no add
-    /// lands in the cell.
-    pub fn close(&self) -> i64 {
+    /// lands in the cell. `merge_lsn` is the lsn the owner's `Merge` record takes.
+    pub fn close(&self, merge_lsn: u64) -> i64 {
+        assert!(merge_lsn > self.epoch, "a merge comes after its split");
+        let previous = self.merge_lsn.swap(merge_lsn, Ordering::AcqRel);
+        assert_eq!(previous, 0, "a cell is closed once");
         let mut sum = 0i64;
         for slot in self.slots.iter() {
             let value = slot.value.swap(SLOT_CLOSED, Ordering::AcqRel);
@@ -255,46 +287,79 @@ impl SplitRegistry {
     }
 }
 
-struct CachedCell {
-    hash: u64,
-    name: Box<[u8]>,
-    cell: Arc<SplitCell>,
+pub(crate) struct CachedCell {
+    pub hash: u64,
+    pub name: Box<[u8]>,
+    pub cell: Arc<SplitCell>,
+    /// The name's id in this shard's arena once it has logged a slot increment of it.
+    pub name_id: Option<u32>,
 }
 
 /// One shard's copy of the registry, refreshed when the registry's generation moves.
 pub(crate) struct SplitCache {
+    /// The shard this cache belongs to (whose slots it writes).
+    shard: u16,
     generation: u64,
     cells: HashTable<CachedCell>,
+    /// Per owner shard, the highest lsn of a `Merge` record that closed a slot this shard had
+    /// written and that it dropped from the cache: this shard's snapshots omit those slots' amounts,
+    /// so they are only a safe recovery base once the owner's log is durable up to there.
+    owed: Vec<u64>,
 }
 
 impl SplitCache {
-    pub fn new() -> SplitCache {
+    pub fn new(shard: u16, shards: u16) -> SplitCache {
+        assert!(shard < shards);
         // A registry starts empty at generation 0, which is exactly what this cache holds; a shard
         // created later sees a higher generation and copies the registry on first use.
         SplitCache {
+            shard,
             generation: 0,
             cells: HashTable::new(),
+            owed: vec![0; usize::from(shards)],
         }
     }
 
-    /// The cell of `name` (table hash `hash`) if the counter is split.
+    /// The cached cell of `name` (table hash `hash`) if the counter is split.
     #[inline]
-    pub fn lookup(&mut self, registry: &SplitRegistry, hash: u64, name: &[u8]) -> Option<&Arc<SplitCell>> {
+    pub fn lookup(&mut self, registry: &SplitRegistry, hash: u64, name: &[u8]) -> Option<&mut CachedCell> {
         if registry.generation() != self.generation {
             self.resync(registry);
         }
         if self.cells.is_empty() {
             return None;
         }
-        self.cells
-            .find(hash, |c| c.hash == hash && &*c.name == name)
-            .map(|c| &c.cell)
+        self.cells.find_mut(hash, |c| c.hash == hash && &*c.name == name)
+    }
+
+    /// The cells as last copied (some may be closed since).
+    pub fn iter(&self) -> impl Iterator<Item = &CachedCell> {
+        self.cells.iter()
+    }
+
+    /// See the field: per owner shard, the `Merge` lsn this shard's snapshots depend on.
+    pub fn owed(&self) -> &[u64] {
+        &self.owed
+    }
+
+    /// Raises what this shard's snapshots depend on: `owner`'s log must be durable to `lsn`.
+    pub fn owe(&mut self, owner: u16, lsn: u64) {
+        let owed = &mut self.owed[owner as usize];
+        *owed = (*owed).max(lsn);
     }
 
     fn resync(&mut self, registry: &SplitRegistry) {
         let cells = registry.cells.read().expect("split registry lock");
         // Read under the lock: writers bump it under the write lock, so it matches the map.
         self.generation = registry.generation.load(Ordering::Acquire);
+        let shard = self.shard;
+        for cached in self.cells.iter() {
+            let cell = &cached.cell;
+            if cell.is_closed(shard) && cell.slot_ops_of(shard) > 0 {
+                let owed = &mut self.owed[cell.owner as usize];
+                *owed = (*owed).max(cell.merge_lsn());
+            }
+        }
         self.cells.clear();
         for (name, cell) in cells.iter() {
             let hash = table_hash(tally_proto::name_hash(name));
@@ -304,6 +369,7 @@ impl SplitCache {
                     hash,
                     name: name.clone(),
                     cell: cell.clone(),
+                    name_id: None,
                 },
                 |c| c.hash,
             );
@@ -312,7 +378,7 @@ impl SplitCache {
 
     pub fn memory_bytes(&self) -> u64 {
         let names: usize = self.cells.iter().map(|c| c.name.len()).sum();
-        (self.cells.allocation_size() + names) as u64
+        (self.cells.allocation_size() + names + self.owed.capacity() * 8) as u64
     }
 }
 
@@ -345,7 +411,7 @@ mod tests {
 
     #[test]
     fn slots_add_close_and_sum() {
-        let cell = SplitCell::new(0, 3, 10);
+        let cell = SplitCell::new(0, 3, 10, 1);
         assert_eq!(cell.add(1, 5), SlotAdd::Added { slot: 5 });
         assert_eq!(cell.add(2, -2), SlotAdd::Added { slot: -2 });
         assert_eq!(cell.add(1, 1), SlotAdd::Added { slot: 6 });
@@ -356,16 +422,19 @@ mod tests {
         assert_eq!(cell.estimate(1, 6), 16);
         assert_eq!(cell.publish(10), (14, 3));
         assert_eq!(cell.estimate(2, -2), 14);
-        assert_eq!(cell.close(), 4);
+        assert_eq!(cell.slot_value(1), Some(6));
+        assert_eq!(cell.merge_lsn(), 0);
+        assert_eq!(cell.close(5), 4);
         assert!(cell.is_closed(1));
+        assert_eq!(cell.slot_value(1), None);
+        assert_eq!((cell.epoch(), cell.merge_lsn()), (1, 5));
         assert_eq!(cell.add(1, 1), SlotAdd::Closed);
-        assert_eq!(cell.close(), 0);
         assert_eq!(cell.slots_sum(), 0);
     }
 
     #[test]
     fn slots_refuse_to_leave_their_range() {
-        let cell = SplitCell::new(1, 2, 0);
+        let cell = SplitCell::new(1, 2, 0, 1);
         assert_eq!(
             cell.add(0, SPLIT_SLOT_ABS_MAX),
             SlotAdd::Added {
@@ -386,22 +455,31 @@ mod tests {
     #[test]
     fn cache_follows_the_registry_generation() {
         let registry = SplitRegistry::new(2);
-        let mut cache = SplitCache::new();
+        let mut cache = SplitCache::new(1, 2);
         let hash = table_hash(tally_proto::name_hash(b"hot"));
         assert!(cache.lookup(&registry, hash, b"hot").is_none());
-        let cell = Arc::new(SplitCell::new(0, 2, 0));
+        let cell = Arc::new(SplitCell::new(0, 2, 0, 1));
         registry.insert(b"hot", cell.clone());
         assert_eq!(registry.generation(), 1);
-        assert!(Arc::ptr_eq(cache.lookup(&registry, hash, b"hot").unwrap(), &cell));
+        assert!(Arc::ptr_eq(&cache.lookup(&registry, hash, b"hot").unwrap().cell, &cell));
         assert!(cache.lookup(&registry, hash, b"cold").is_none());
+        assert_eq!(cell.add(1, 3), SlotAdd::Added { slot: 3 });
+        assert_eq!(cell.close(9), 3);
         assert!(registry.remove(b"hot").is_some());
+        assert_eq!(cache.owed(), &[0, 0], "the closed cell is still cached");
         assert!(cache.lookup(&registry, hash, b"hot").is_none());
         assert!(registry.is_empty());
+        // Dropping a closed cell this shard wrote into records the owner's merge lsn.
+        assert_eq!(cache.owed(), &[9, 0]);
+        cache.owe(0, 4);
+        assert_eq!(cache.owed(), &[9, 0]);
+        cache.owe(0, 12);
+        assert_eq!(cache.owed(), &[12, 0]);
     }
 
     #[test]
     fn concurrent_adds_and_a_close_lose_nothing() {
-        let cell = Arc::new(SplitCell::new(0, 3, 0));
+        let cell = Arc::new(SplitCell::new(0, 3, 0, 1));
         let adders: Vec<_> = (1..3u16)
             .map(|shard| {
                 let cell = cell.clone();
@@ -417,15 +495,15 @@ mod tests {
                 })
             })
             .collect();
-        let mut collected = 0;
-        while collected == 0 && !adders.iter().all(|adder| adder.is_finished()) {
+        let mut collected = None;
+        while collected.is_none() && !adders.iter().all(|adder| adder.is_finished()) {
             std::thread::yield_now();
             if cell.slot_ops() > 1000 {
-                collected = cell.close();
+                collected = Some(cell.close(2));
             }
         }
         let forwarded: i64 = adders.into_iter().map(|adder| adder.join().unwrap()).sum();
-        let collected = collected + cell.close();
+        let collected = collected.unwrap_or_else(|| cell.close(2));
         assert_eq!(collected + forwarded, 100_000);
     }
 }

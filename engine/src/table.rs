@@ -8,6 +8,10 @@
 //!   `name_hash % shards`, so the raw routing hash would cluster buckets.
 //!
 //! Entries are never removed: a counter, once created, exists until the shard goes away.
+//!
+//! The arena also holds "foreign" names: other shards' split counters that this shard logged a slot
+//! increment of. They have no entry (this shard does not own them); storing them gives them an
+//! arena offset, which is what log records use as a name's id (`LogRecord::name_id`).
 
 use hashbrown::HashTable;
 
@@ -103,6 +107,41 @@ impl NameArena {
         }
     }
 
+    /// An arena holding `chunks` as restored from a snapshot. Every chunk is non-empty and at most
+    /// `ARENA_CHUNK_BYTES` long (the caller checked); the last one gets its full capacity back, so
+    /// pushes continue exactly where the snapshotted arena would have put them.
+    pub fn from_chunks(mut chunks: Vec<Vec<u8>>, bytes_max: u64) -> NameArena {
+        assert!((chunks.len() * ARENA_CHUNK_BYTES) as u64 <= bytes_max);
+        let mut name_bytes = 0u64;
+        for chunk in &chunks {
+            assert!(!chunk.is_empty());
+            assert!(chunk.len() <= ARENA_CHUNK_BYTES);
+            name_bytes += chunk.len() as u64;
+        }
+        if let Some(last) = chunks.last_mut() {
+            last.reserve_exact(ARENA_CHUNK_BYTES - last.len());
+        }
+        let mut arena = NameArena::new(bytes_max);
+        arena.chunks = chunks;
+        arena.name_bytes = name_bytes;
+        arena
+    }
+
+    /// The offset `push` would give a name of `len` bytes, or `None` if it would not fit.
+    pub fn next_offset(&self, len: usize) -> Option<u32> {
+        assert!(len > 0);
+        assert!(len <= ARENA_CHUNK_BYTES);
+        match self.chunks.last() {
+            Some(chunk) if chunk.len() + len <= ARENA_CHUNK_BYTES => {
+                Some(((self.chunks.len() - 1) * ARENA_CHUNK_BYTES + chunk.len()) as u32)
+            }
+            _ => {
+                let chunks_max = (self.bytes_max / ARENA_CHUNK_BYTES as u64) as usize;
+                (self.chunks.len() < chunks_max).then(|| (self.chunks.len() * ARENA_CHUNK_BYTES) as u32)
+            }
+        }
+    }
+
     /// Stores `name` and returns its offset, or `None` when the arena is full.
     pub fn push(&mut self, name: &[u8]) -> Option<u32> {
         assert!(!name.is_empty());
@@ -138,6 +177,23 @@ impl NameArena {
         &chunk[start..start + len as usize]
     }
 
+    /// `get` for untrusted positions (a snapshot's): `None` unless the bytes are stored names.
+    pub fn try_get(&self, at: u32, len: u8) -> Option<&[u8]> {
+        let at = at as usize;
+        let chunk = self.chunks.get(at / ARENA_CHUNK_BYTES)?;
+        let start = at % ARENA_CHUNK_BYTES;
+        chunk.get(start..start + len as usize)
+    }
+
+    /// The used part of every chunk, in offset order.
+    pub fn chunks(&self) -> impl Iterator<Item = &[u8]> {
+        self.chunks.iter().map(|chunk| chunk.as_slice())
+    }
+
+    pub fn chunk_count(&self) -> usize {
+        self.chunks.len()
+    }
+
     /// Bytes of names stored (without the unused tails of chunks).
     pub fn name_bytes(&self) -> u64 {
         self.name_bytes
@@ -145,7 +201,10 @@ impl NameArena {
 
     /// Bytes the arena holds from the allocator.
     pub fn memory_bytes(&self) -> u64 {
-        (self.chunks.len() * ARENA_CHUNK_BYTES + self.chunks.capacity() * std::mem::size_of::<Vec<u8>>()) as u64
+        // Chunks are allocated at full capacity, except the ones restored from a snapshot, which
+        // keep their exact length unless they are the last.
+        let chunks: usize = self.chunks.iter().map(|chunk| chunk.capacity()).sum();
+        (chunks + self.chunks.capacity() * std::mem::size_of::<Vec<u8>>()) as u64
     }
 }
 
@@ -153,10 +212,22 @@ impl NameArena {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TableFull;
 
+/// A restored entry or foreign name clashes with one already restored (the same name twice).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Duplicate;
+
+/// A name this shard stores but does not own: see the module doc.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForeignName {
+    pub name_at: u32,
+    pub name_len: u8,
+}
+
 /// Counters by name.
 pub struct Table {
     entries: HashTable<Entry>,
     arena: NameArena,
+    foreign: HashTable<ForeignName>,
 }
 
 impl Table {
@@ -168,7 +239,108 @@ impl Table {
         Table {
             entries: HashTable::new(),
             arena: NameArena::new(bytes_max),
+            foreign: HashTable::new(),
         }
+    }
+
+    /// An empty table over a restored arena, with room for `entries` counters without growing.
+    pub fn restored(arena: NameArena, entries: usize) -> Table {
+        Table {
+            entries: HashTable::with_capacity(entries),
+            arena,
+            foreign: HashTable::new(),
+        }
+    }
+
+    pub fn arena(&self) -> &NameArena {
+        &self.arena
+    }
+
+    /// Adds a restored counter whose name is already in the arena at `name_at`. `hash` is the
+    /// table hash of that name. Fails if a counter of that name exists.
+    pub fn insert_restored(
+        &mut self,
+        hash: u64,
+        name_at: u32,
+        name_len: u8,
+        value: i64,
+        flags: u8,
+    ) -> Result<Entry, Duplicate> {
+        let arena = &self.arena;
+        let name = arena.get(name_at, name_len);
+        let tag = tag_of(hash);
+        let slot = self.entries.entry(
+            hash,
+            |e| e.tag == tag && arena.get(e.name_at, e.name_len) == name,
+            |e| table_hash(tally_proto::name_hash(arena.get(e.name_at, e.name_len))),
+        );
+        let hashbrown::hash_table::Entry::Vacant(slot) = slot else {
+            return Err(Duplicate);
+        };
+        let entry = Entry {
+            value,
+            name_at,
+            name_len,
+            flags,
+            tag,
+        };
+        slot.insert(entry);
+        Ok(entry)
+    }
+
+    /// The offset a new name of `len` bytes would get, or `None` if the arena is full.
+    pub fn next_name_at(&self, len: usize) -> Option<u32> {
+        self.arena.next_offset(len)
+    }
+
+    /// The id of a foreign name stored before.
+    #[inline]
+    pub fn foreign_find(&self, hash: u64, name: &[u8]) -> Option<u32> {
+        let arena = &self.arena;
+        self.foreign
+            .find(hash, |f| arena.get(f.name_at, f.name_len) == name)
+            .map(|f| f.name_at)
+    }
+
+    /// Stores a foreign name that is not stored yet and returns its id.
+    pub fn foreign_insert(&mut self, hash: u64, name: &[u8]) -> Result<u32, TableFull> {
+        assert!(self.foreign_find(hash, name).is_none(), "a foreign name is stored once");
+        let name_at = self.arena.push(name).ok_or(TableFull)?;
+        let foreign = ForeignName {
+            name_at,
+            name_len: name.len() as u8,
+        };
+        let arena = &self.arena;
+        self.foreign.insert_unique(hash, foreign, |f| {
+            table_hash(tally_proto::name_hash(arena.get(f.name_at, f.name_len)))
+        });
+        Ok(name_at)
+    }
+
+    /// Adds a restored foreign name already in the arena.
+    pub fn foreign_insert_restored(&mut self, hash: u64, foreign: ForeignName) -> Result<(), Duplicate> {
+        let name = self.arena.get(foreign.name_at, foreign.name_len);
+        if self.foreign_find(hash, name).is_some() {
+            return Err(Duplicate);
+        }
+        let arena = &self.arena;
+        self.foreign.insert_unique(hash, foreign, |f| {
+            table_hash(tally_proto::name_hash(arena.get(f.name_at, f.name_len)))
+        });
+        Ok(())
+    }
+
+    pub fn foreign_names(&self) -> impl Iterator<Item = &ForeignName> {
+        self.foreign.iter()
+    }
+
+    pub fn foreign_len(&self) -> usize {
+        self.foreign.len()
+    }
+
+    /// The name stored at `name_at` (a counter's or a foreign one).
+    pub fn name_at(&self, name_at: u32, name_len: u8) -> &[u8] {
+        self.arena.get(name_at, name_len)
     }
 
     pub fn len(&self) -> usize {
@@ -253,7 +425,7 @@ impl Table {
 
     /// Bytes held from the allocator by the table and the arena.
     pub fn memory_bytes(&self) -> u64 {
-        self.entries.allocation_size() as u64 + self.arena.memory_bytes()
+        (self.entries.allocation_size() + self.foreign.allocation_size()) as u64 + self.arena.memory_bytes()
     }
 }
 
@@ -348,6 +520,50 @@ mod tests {
             table.find(hash(name.as_bytes()), name.as_bytes()).unwrap().value,
             created - 1
         );
+    }
+
+    #[test]
+    fn next_offset_predicts_push() {
+        let mut arena = NameArena::new(2 * ARENA_CHUNK_BYTES as u64);
+        let name = [1u8; 200];
+        loop {
+            let predicted = arena.next_offset(name.len());
+            assert_eq!(arena.push(&name), predicted);
+            if predicted.is_none() {
+                break;
+            }
+        }
+        assert_eq!(arena.chunk_count(), 2);
+        assert!(arena.try_get(0, 200).is_some());
+        assert!(arena.try_get(ARENA_CHUNK_BYTES as u32 * 2, 1).is_none());
+        assert!(arena.try_get(ARENA_CHUNK_BYTES as u32 - 10, 200).is_none());
+    }
+
+    #[test]
+    fn restored_arena_continues_where_it_stopped() {
+        let mut arena = NameArena::new(ARENA_BYTES_MAX);
+        for i in 0..100_000u32 {
+            arena.push(format!("n{i:08}").as_bytes()).unwrap();
+        }
+        let chunks: Vec<Vec<u8>> = arena.chunks().map(<[u8]>::to_vec).collect();
+        let mut restored = NameArena::from_chunks(chunks, ARENA_BYTES_MAX);
+        assert_eq!(restored.name_bytes(), arena.name_bytes());
+        assert_eq!(restored.push(b"next"), arena.push(b"next"));
+        assert_eq!(restored.get(0, 9), b"n00000000");
+    }
+
+    #[test]
+    fn foreign_names_get_arena_ids_and_no_entry() {
+        let mut table = Table::new();
+        table.insert(hash(b"mine"), b"mine", 1, 0).unwrap();
+        assert_eq!(table.foreign_find(hash(b"theirs"), b"theirs"), None);
+        let id = table.foreign_insert(hash(b"theirs"), b"theirs").unwrap();
+        assert_eq!(id, 4);
+        assert_eq!(table.foreign_find(hash(b"theirs"), b"theirs"), Some(4));
+        assert_eq!(table.name_at(id, 6), b"theirs");
+        assert!(table.find(hash(b"theirs"), b"theirs").is_none());
+        assert_eq!((table.len(), table.foreign_len()), (1, 1));
+        assert_eq!(table.next_name_at(3), Some(10));
     }
 
     #[test]

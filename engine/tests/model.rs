@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 use tally_engine::limits::{SPLIT_ELIGIBLE_ABS_MAX, SPLIT_SLOT_ABS_MAX, SPLIT_VALUE_ABS_MAX};
-use tally_engine::{Applied, Ctx, HotConfig, NamespaceRule, Shard, ShardConfig, SplitRegistry};
+use tally_engine::{Applied, Ctx, HotConfig, NamespaceRule, NullLog, Shard, ShardConfig, SplitRegistry};
 use tally_proto::reply::{REPLY_APPROX, REPLY_DUPLICATE, REPLY_EXISTS, REPLY_SPLIT, REPLY_STRICT};
 use tally_proto::{shard_of, CounterKind, ErrorCode, Reply, Request, Token};
 
@@ -246,9 +246,10 @@ impl Model {
         flags
     }
 
-    /// Creates a counter; a forced analytic name splits at once when eligible.
-    fn create(&mut self, name: usize, strict: bool, bounds: (i64, i64), value: i64) -> &ModelCounter {
-        let mut counter = ModelCounter {
+    /// Creates a counter (a forced name is split by `split_if_forced` once the creating op took
+    /// its lsn).
+    fn create(&mut self, name: usize, strict: bool, bounds: (i64, i64), value: i64) {
+        let counter = ModelCounter {
             strict,
             bounds,
             value,
@@ -256,11 +257,21 @@ impl Model {
             split: None,
             samples: 0,
         };
-        if counter.forced && Model::eligible(&counter) {
-            Model::split(self.shards, &mut counter);
-        }
         self.counters.insert(NAMES[name], counter);
-        &self.counters[NAMES[name]]
+    }
+
+    /// Splits a forced, eligible counter right after the op that created or reset it; the split
+    /// takes the owner's next lsn. Returns whether it split.
+    fn split_if_forced(&mut self, name: usize) -> bool {
+        let owner = self.owner(name);
+        let shards = self.shards;
+        let counter = self.counters.get_mut(NAMES[name]).expect("the op just wrote it");
+        if !(counter.forced && Model::eligible(counter)) {
+            return false;
+        }
+        Model::split(shards, counter);
+        self.lsn[owner as usize] += 1;
+        true
     }
 
     fn dedup_check(&self, shard: u16, key: u8, name: usize, delta: i64) -> DedupSays {
@@ -376,6 +387,7 @@ impl Model {
                 DedupSays::Conflict => return (owner, Err((ErrorCode::IdempotencyConflict, None))),
             }
         }
+        let mut created = false;
         let result = match self.counters.get_mut(NAMES[name]) {
             None => {
                 let (strict, bounds) = match namespace(NAMES[name]) {
@@ -390,7 +402,8 @@ impl Model {
                     if !counter.strict && !counter.forced {
                         counter.samples += 1;
                     }
-                    Ok((delta, Model::flags(counter) & REPLY_SPLIT))
+                    created = true;
+                    Ok((delta, 0))
                 }
             }
             Some(c) if c.strict => match c.value.checked_add(delta) {
@@ -431,12 +444,14 @@ impl Model {
                 if let Some(key) = key {
                     self.dedup_record(owner, key, name, delta, value);
                 }
+                let token = self.token(owner);
+                let split = created && self.split_if_forced(name);
                 (
                     owner,
                     Ok(Reply::Incr {
                         value,
-                        flags,
-                        token: self.token(owner),
+                        flags: if split { flags | REPLY_SPLIT } else { flags },
+                        token,
                     }),
                 )
             }
@@ -466,9 +481,11 @@ impl Model {
                 flags: Model::flags(c),
             });
         }
-        let flags = Model::flags(self.create(name, strict, bounds, initial));
+        self.create(name, strict, bounds, initial);
         let owner = self.owner(name);
         self.lsn[owner as usize] += 1;
+        self.split_if_forced(name);
+        let flags = Model::flags(&self.counters[NAMES[name]]);
         Ok(Reply::Create {
             created: true,
             value: initial,
@@ -550,7 +567,6 @@ impl Model {
 
     fn reset(&mut self, name: usize, value: i64) -> Expect {
         let owner = self.owner(name);
-        let shards = self.shards;
         let Some(c) = self.counters.get_mut(NAMES[name]) else {
             return Err((ErrorCode::NotFound, None));
         };
@@ -563,15 +579,10 @@ impl Model {
         }
         let old = c.value;
         c.value = value;
-        if c.forced && Model::eligible(c) {
-            Model::split(shards, c);
-        }
         self.lsn[owner as usize] += 1;
-        Ok(Reply::Reset {
-            old,
-            new: value,
-            token: self.token(owner),
-        })
+        let token = self.token(owner);
+        self.split_if_forced(name);
+        Ok(Reply::Reset { old, new: value, token })
     }
 
     fn tick(&mut self, dt: u64) {
@@ -600,15 +611,19 @@ impl Model {
                 }
             }
         }
-        for c in self.counters.values_mut() {
+        // Every split takes its owner's next lsn.
+        for (name, c) in self.counters.iter_mut() {
+            let owner = shard_of(name.as_bytes(), shards) as usize;
             let samples = std::mem::take(&mut c.samples);
             if let Some(elapsed_ms) = elapsed_ms {
                 if samples > 0 && samples * 1000 / elapsed_ms >= SPLIT_RATE && Model::eligible(c) {
                     Model::split(shards, c);
+                    self.lsn[owner] += 1;
                 }
             }
             if c.forced && Model::eligible(c) {
                 Model::split(shards, c);
+                self.lsn[owner] += 1;
             }
         }
     }
@@ -671,11 +686,11 @@ impl Node {
             client: b"model",
         };
         let owner = shard_of(request.name().expect("named op"), self.shards.len() as u16);
-        let (shard, applied) = match self.shards[entry as usize].apply(request, &ctx) {
+        let (shard, applied) = match self.shards[entry as usize].apply(request, &ctx, &mut NullLog) {
             Applied::Forward(to) => {
                 assert_eq!(to, owner, "forwards go to the owner");
                 assert_ne!(entry, owner, "an owner never forwards its own names");
-                (to, self.shards[to as usize].apply(request, &ctx))
+                (to, self.shards[to as usize].apply(request, &ctx, &mut NullLog))
             }
             done => (entry, done),
         };
@@ -862,7 +877,7 @@ fn run(shards: u16, merge_after: u32, ops: &[Op]) -> Node {
         if let Op::Tick { dt } = *op {
             model.tick(dt);
             for shard in &mut node.shards {
-                shard.tick(model.now_ms);
+                shard.tick(model.now_ms, &mut NullLog);
             }
         } else {
             let (req, entry) = request(op);

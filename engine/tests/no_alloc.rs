@@ -1,12 +1,13 @@
 //! Proves the engine's steady-state promise with a counting allocator: once names exist (and a
 //! split counter's cell is cached), INCR (plain, split at the owner, into a slot), keyed INCR
-//! duplicates, GET, CAS and bounded adds on them allocate nothing.
+//! duplicates, GET, CAS and bounded adds on them allocate nothing, log records included: the sink
+//! here keeps no copies, so every allocation counted would be the engine's.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::Arc;
 
-use tally_engine::{Applied, Ctx, Shard, ShardConfig, SplitRegistry};
+use tally_engine::{Applied, Ctx, LogRecord, LogSink, Shard, ShardConfig, SplitRegistry};
 use tally_proto::{shard_of, CounterKind, Request};
 
 struct Counting;
@@ -50,6 +51,41 @@ fn owned_name(prefix: &str, shard: u16) -> Vec<u8> {
         .expect("a name")
 }
 
+/// Checks what it is given without allocating: lsns in order, and the bytes a WAL would copy.
+#[derive(Default)]
+struct Tally {
+    lsn_last: Vec<u64>,
+    records: u64,
+    name_bytes: u64,
+}
+
+impl Tally {
+    fn new(shards: usize) -> Tally {
+        Tally {
+            lsn_last: vec![0; shards],
+            ..Tally::default()
+        }
+    }
+
+    fn sink(&mut self, shard: usize) -> ShardSink<'_> {
+        ShardSink { tally: self, shard }
+    }
+}
+
+struct ShardSink<'a> {
+    tally: &'a mut Tally,
+    shard: usize,
+}
+
+impl LogSink for ShardSink<'_> {
+    fn record(&mut self, lsn: u64, record: &LogRecord<'_>) {
+        assert_eq!(lsn, self.tally.lsn_last[self.shard] + 1);
+        self.tally.lsn_last[self.shard] = lsn;
+        self.tally.records += 1;
+        self.tally.name_bytes += record.name().len() as u64;
+    }
+}
+
 fn ok(applied: Applied) {
     assert!(matches!(applied, Applied::Done(Ok(_))), "{applied:?}");
 }
@@ -64,6 +100,7 @@ fn steady_state_ops_do_not_allocate() {
         client: b"",
     };
     let (plain, hot, strict) = (owned_name("p", 0), owned_name("h", 0), owned_name("s", 0));
+    let mut tally = Tally::new(2);
 
     // Warm up: create the names, split one, let the other shard cache its cell, use a key once.
     ok(owner.apply(
@@ -73,6 +110,7 @@ fn steady_state_ops_do_not_allocate() {
             key: None,
         },
         &ctx,
+        &mut tally.sink(0),
     ));
     ok(owner.apply(
         &Request::Incr {
@@ -81,8 +119,9 @@ fn steady_state_ops_do_not_allocate() {
             key: None,
         },
         &ctx,
+        &mut tally.sink(0),
     ));
-    assert!(owner.split_now(&hot));
+    assert!(owner.split_now(&hot, &mut tally.sink(0)));
     ok(other.apply(
         &Request::Incr {
             name: &hot,
@@ -90,6 +129,7 @@ fn steady_state_ops_do_not_allocate() {
             key: None,
         },
         &ctx,
+        &mut tally.sink(1),
     ));
     let create = Request::Create {
         name: &strict,
@@ -98,7 +138,7 @@ fn steady_state_ops_do_not_allocate() {
         min: Some(0),
         max: None,
     };
-    ok(owner.apply(&create, &ctx));
+    ok(owner.apply(&create, &ctx, &mut tally.sink(0)));
     ok(owner.apply(
         &Request::Incr {
             name: &plain,
@@ -106,6 +146,7 @@ fn steady_state_ops_do_not_allocate() {
             key: Some(42),
         },
         &ctx,
+        &mut tally.sink(0),
     ));
 
     let before = allocations();
@@ -117,6 +158,7 @@ fn steady_state_ops_do_not_allocate() {
                 key: None,
             },
             &ctx,
+            &mut tally.sink(0),
         ));
         ok(owner.apply(
             &Request::Incr {
@@ -125,6 +167,7 @@ fn steady_state_ops_do_not_allocate() {
                 key: Some(42),
             },
             &ctx,
+            &mut tally.sink(0),
         ));
         ok(owner.apply(
             &Request::Incr {
@@ -133,6 +176,7 @@ fn steady_state_ops_do_not_allocate() {
                 key: None,
             },
             &ctx,
+            &mut tally.sink(0),
         ));
         ok(other.apply(
             &Request::Incr {
@@ -141,6 +185,7 @@ fn steady_state_ops_do_not_allocate() {
                 key: None,
             },
             &ctx,
+            &mut tally.sink(1),
         ));
         ok(owner.apply(
             &Request::Get {
@@ -149,6 +194,7 @@ fn steady_state_ops_do_not_allocate() {
                 token: None,
             },
             &ctx,
+            &mut tally.sink(0),
         ));
         ok(owner.apply(
             &Request::Cas {
@@ -157,6 +203,7 @@ fn steady_state_ops_do_not_allocate() {
                 new: i + 1,
             },
             &ctx,
+            &mut tally.sink(0),
         ));
         let add = Request::AddBounded {
             name: &strict,
@@ -165,7 +212,7 @@ fn steady_state_ops_do_not_allocate() {
             max: i64::MAX,
             key: None,
         };
-        ok(owner.apply(&add, &ctx));
+        ok(owner.apply(&add, &ctx, &mut tally.sink(0)));
         let add_back = Request::AddBounded {
             name: &strict,
             delta: -1,
@@ -173,8 +220,15 @@ fn steady_state_ops_do_not_allocate() {
             max: i64::MAX,
             key: None,
         };
-        ok(owner.apply(&add_back, &ctx));
+        ok(owner.apply(&add_back, &ctx, &mut tally.sink(0)));
     }
     assert_eq!(allocations() - before, 0, "steady-state ops allocated");
     assert_eq!(other.stats().split_slot_incrs, 10_001);
+    // Every state change was logged: 5 in the warm-up and 5 per round on the owner (the duplicate
+    // and the GET change nothing), 1 slot increment per round on the other shard.
+    assert_eq!(tally.lsn_last, vec![owner.lsn(), other.lsn()]);
+    assert_eq!(tally.records, owner.lsn() + other.lsn());
+    assert_eq!(owner.lsn(), 5 + 5 * 10_000);
+    assert_eq!(other.lsn(), 10_001);
+    assert!(tally.name_bytes > 0);
 }

@@ -8,7 +8,7 @@ use std::sync::mpsc::{self, TryRecvError};
 use std::sync::{Arc, Barrier};
 use std::thread;
 
-use tally_engine::{Applied, Ctx, Shard, ShardConfig, SplitRegistry};
+use tally_engine::{Applied, Ctx, NullLog, Shard, ShardConfig, SplitRegistry};
 use tally_proto::{shard_of, Reply, Request};
 
 const NON_OWNER_ADDS: u64 = 1_000_000;
@@ -46,7 +46,7 @@ fn split_counter_stays_exact_across_threads_and_merges() {
             for i in 0..NON_OWNER_ADDS {
                 let delta = 1 + (i % 3) as i64;
                 sum += delta;
-                match shard.apply(&incr(&name, delta), &ctx) {
+                match shard.apply(&incr(&name, delta), &ctx, &mut NullLog) {
                     Applied::Done(Ok(Reply::Incr { .. })) => {
                         slot_adds.fetch_add(1, Ordering::Release);
                     }
@@ -64,13 +64,13 @@ fn split_counter_stays_exact_across_threads_and_merges() {
             let mut shard = Shard::new(ShardConfig::new(0, 2), registry);
             // The owner's own adds; forwarded ones are counted by the thread that sent them.
             let mut sum = 0i64;
-            let apply = |shard: &mut Shard, delta: i64| match shard.apply(&incr(&name, delta), &ctx) {
+            let apply = |shard: &mut Shard, delta: i64| match shard.apply(&incr(&name, delta), &ctx, &mut NullLog) {
                 Applied::Done(Ok(_)) => {}
                 other => panic!("the owner must apply its own names: {other:?}"),
             };
             apply(&mut shard, 1);
             sum += 1;
-            assert!(shard.split_now(&name));
+            assert!(shard.split_now(&name, &mut NullLog));
             barrier.wait();
             while slot_adds.load(Ordering::Acquire) == 0 {
                 thread::yield_now();
@@ -88,10 +88,10 @@ fn split_counter_stays_exact_across_threads_and_merges() {
                 round += 1;
                 if round == TOGGLE_EVERY {
                     round = 0;
-                    if shard.merge_now(&name) {
+                    if shard.merge_now(&name, &mut NullLog) {
                         merges_while_adding += 1;
                     } else {
-                        assert!(shard.split_now(&name));
+                        assert!(shard.split_now(&name, &mut NullLog));
                     }
                 }
             }
@@ -102,6 +102,7 @@ fn split_counter_stays_exact_across_threads_and_merges() {
                     token: None,
                 },
                 &ctx,
+                &mut NullLog,
             ) {
                 Applied::Done(Ok(Reply::Get { value, .. })) => value,
                 other => panic!("{other:?}"),

@@ -356,6 +356,7 @@ async fn serve_frame(conn: &Rc<Conn>, header: &FrameHeader, body: &[u8]) {
                             now_ms,
                             client: &client,
                         },
+                        &mut tally_engine::NullLog,
                     ) {
                         Applied::Done(outcome) => Item::Done { opcode, outcome },
                         Applied::Forward(to) => {

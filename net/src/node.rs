@@ -348,7 +348,7 @@ async fn tick_until_shutdown(runtime: &Rc<ShardRuntime>, hot: &HotConfig) {
             return;
         }
         if Instant::now() >= next_tick {
-            runtime.engine.borrow_mut().tick(now_ms());
+            runtime.engine.borrow_mut().tick(now_ms(), &mut tally_engine::NullLog);
             next_tick += Duration::from_millis(hot.tick_ms);
         }
     }

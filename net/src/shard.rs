@@ -211,7 +211,7 @@ impl ShardRuntime {
         let outcomes: Vec<_> = iter
             .by_ref()
             .map(|(_, op)| match op {
-                Ok(op) => match engine.apply(&op, &ctx) {
+                Ok(op) => match engine.apply(&op, &ctx, &mut tally_engine::NullLog) {
                     Applied::Done(outcome) => outcome,
                     Applied::Forward(to) => Err(Failure::new(
                         ErrorCode::Internal,

@@ -37,7 +37,10 @@ pub use dma_storage::DmaStorage;
 pub use error::WalError;
 pub use group_commit::GroupCommit;
 pub use record::{Entry, Keyed, LogRecord, LogSink};
-pub use recovery::{recover, AppendPoint, FsDir, OpenSegment, Recovered, RecoverySource, TornTail};
+pub use recovery::{
+    recover, recover_from_snapshot, AppendPoint, FsDir, OpenSegment, Recovered, RecoveredSnapshot, RecoverySource,
+    TornTail,
+};
 pub use segment::{SegmentReader, Step};
 pub use snapshot::decode_snapshot;
 pub use storage::{MemStorage, OpCounts, Storage};

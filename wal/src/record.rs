@@ -1,9 +1,7 @@
 //! Log records: the engine's `LogRecord` and their byte encoding inside a batch body.
 //!
-//! `Keyed`, `LogRecord` and `LogSink` mirror `tally_engine::{Keyed, LogRecord, LogSink}`
-//! (engine/src/log.rs), which did not exist when this crate's codec was written; to use the engine's,
-//! replace the three definitions below with `pub use tally_engine::{Keyed, LogRecord, LogSink};` —
-//! the shapes are identical (checked against engine/src/log.rs as it was when this crate was done).
+//! The record types are the engine's (`tally_engine::{Keyed, LogRecord, LogSink}`); this crate owns
+//! only their bytes.
 //!
 //! Encoding of one entry (all integers little-endian or varints, see `varint`):
 //!
@@ -21,118 +19,7 @@ use crate::limits::{CLIENT_BYTES_MAX, NAME_BYTES_MAX, REASON_BYTES_MAX};
 use crate::varint;
 use tally_proto::CounterKind;
 
-/// The idempotency key of a keyed INCR and the value a duplicate is answered with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Keyed {
-    pub key: u128,
-    pub value: i64,
-}
-
-/// One state change of the engine, as it is logged. `name_id` is a per-process stable id of the
-/// counter's name (the encoder keys its dictionary on it); in decoded records it is the name's id in
-/// the segment's dictionary instead, which is only stable within that segment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogRecord<'a> {
-    Incr {
-        name: &'a [u8],
-        name_id: u32,
-        delta: i64,
-        key: Option<Keyed>,
-    },
-    Create {
-        name: &'a [u8],
-        name_id: u32,
-        kind: CounterKind,
-        initial: i64,
-        min: i64,
-        max: i64,
-    },
-    Cas {
-        name: &'a [u8],
-        name_id: u32,
-        new: i64,
-    },
-    AddBounded {
-        name: &'a [u8],
-        name_id: u32,
-        delta: i64,
-        key: Option<u128>,
-    },
-    Reset {
-        name: &'a [u8],
-        name_id: u32,
-        old: i64,
-        new: i64,
-        reason: &'a [u8],
-        client: &'a [u8],
-    },
-    SlotIncr {
-        name: &'a [u8],
-        name_id: u32,
-        epoch: u64,
-        delta: i64,
-    },
-    Split {
-        name: &'a [u8],
-        name_id: u32,
-        epoch: u64,
-    },
-    Merge {
-        name: &'a [u8],
-        name_id: u32,
-        epoch: u64,
-        amount: i64,
-    },
-}
-
-/// Where the engine sends its records: each state change with its lsn, in lsn order.
-pub trait LogSink {
-    fn record(&mut self, lsn: u64, record: &LogRecord<'_>);
-}
-
-impl<'a> LogRecord<'a> {
-    pub fn name(&self) -> &'a [u8] {
-        match *self {
-            LogRecord::Incr { name, .. }
-            | LogRecord::Create { name, .. }
-            | LogRecord::Cas { name, .. }
-            | LogRecord::AddBounded { name, .. }
-            | LogRecord::Reset { name, .. }
-            | LogRecord::SlotIncr { name, .. }
-            | LogRecord::Split { name, .. }
-            | LogRecord::Merge { name, .. } => name,
-        }
-    }
-
-    pub fn name_id(&self) -> u32 {
-        match *self {
-            LogRecord::Incr { name_id, .. }
-            | LogRecord::Create { name_id, .. }
-            | LogRecord::Cas { name_id, .. }
-            | LogRecord::AddBounded { name_id, .. }
-            | LogRecord::Reset { name_id, .. }
-            | LogRecord::SlotIncr { name_id, .. }
-            | LogRecord::Split { name_id, .. }
-            | LogRecord::Merge { name_id, .. } => name_id,
-        }
-    }
-
-    /// The same record with another `name_id` (decoding fills in the dictionary id; tests compare
-    /// records across the two).
-    pub fn with_name_id(mut self, id: u32) -> LogRecord<'a> {
-        match &mut self {
-            LogRecord::Incr { name_id, .. }
-            | LogRecord::Create { name_id, .. }
-            | LogRecord::Cas { name_id, .. }
-            | LogRecord::AddBounded { name_id, .. }
-            | LogRecord::Reset { name_id, .. }
-            | LogRecord::SlotIncr { name_id, .. }
-            | LogRecord::Split { name_id, .. }
-            | LogRecord::Merge { name_id, .. } => *name_id = id,
-        }
-        self
-    }
-}
+pub use tally_engine::{Keyed, LogRecord, LogSink};
 
 /// A decoded record with its position in the log. Every record of a batch carries the batch's time
 /// (when the batch was formed, in ms), not the time of its own op.

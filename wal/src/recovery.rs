@@ -179,9 +179,17 @@ fn find_valid_batch_anyhow(bytes: &[u8]) -> Option<u64> {
 ///
 /// On `Err` the directory must not be served, and whatever `visit` was given must be thrown away:
 /// corruption found late in the log is only known after earlier records were visited.
-pub fn recover(
+pub fn recover(src: &impl RecoverySource, shard: u16, visit: impl FnMut(&Entry<'_>)) -> Result<Recovered, WalError> {
+    recover_from_snapshot(src, shard, |_| {}, visit)
+}
+
+/// `recover`, calling `on_snapshot` with the chosen snapshot (or `None`) once, before the first
+/// record is visited, so a caller can build its state from the snapshot and replay the records
+/// into it as they come, without holding them.
+pub fn recover_from_snapshot(
     src: &impl RecoverySource,
     shard: u16,
+    on_snapshot: impl FnOnce(Option<&RecoveredSnapshot>),
     mut visit: impl FnMut(&Entry<'_>),
 ) -> Result<Recovered, WalError> {
     let mut names = src.list().map_err(|e| WalError::io("list", "shard directory", e))?;
@@ -219,6 +227,7 @@ pub fn recover(
     }
     let lsn_snapshot = snapshot.as_ref().map_or(0, |s| s.lsn);
     let replay_from = lsn_snapshot + 1;
+    on_snapshot(snapshot.as_ref());
 
     let snapshot_lsns = match &snapshot {
         Some(chosen) => snapshots
