@@ -192,9 +192,9 @@ pub enum ReplayError {
     TableFull { lsn: u64 },
 }
 
-/// Test helpers: a sink that keeps owned copies of every record, with the time it was given.
-#[cfg(test)]
-pub(crate) mod testing {
+/// Owned copies of records: tests keep whole logs with them, and the node holds the records that
+/// recovery's reconcile produces until the shard's log is open to take them.
+pub mod testing {
     use super::*;
 
     /// A record with owned bytes: the record's shape with empty slices, plus the bytes.

@@ -59,6 +59,22 @@ pub struct Config {
     #[arg(long = "strict-namespace", env = "TALLY_STRICT_NAMESPACE")]
     pub strict_namespaces: Vec<String>,
 
+    /// Size of each log segment file, MiB (preallocated).
+    #[arg(long, env = "TALLY_SEGMENT_MIB", default_value_t = 64)]
+    pub segment_mib: u64,
+
+    /// Keep log segments this long after their newest record (the event-log retention), hours.
+    #[arg(long, env = "TALLY_RETENTION_HOURS", default_value_t = 168)]
+    pub retention_hours: u64,
+
+    /// Snapshot a shard after this many log records...
+    #[arg(long, env = "TALLY_SNAPSHOT_RECORDS", default_value_t = 2_000_000)]
+    pub snapshot_records: u64,
+
+    /// ...or after this many seconds with any change, whichever comes first.
+    #[arg(long, env = "TALLY_SNAPSHOT_INTERVAL_SECS", default_value_t = 60)]
+    pub snapshot_interval_secs: u64,
+
     /// Idempotency-key dedup window in seconds.
     #[arg(long, env = "TALLY_DEDUP_WINDOW_SECS", default_value_t = 300)]
     pub dedup_window_secs: u64,

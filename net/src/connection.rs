@@ -27,7 +27,7 @@ use tally_proto::{
 
 use crate::limits::{READ_BUFFER_BYTES, WRITE_FLUSH_BYTES};
 use crate::mesh::ShardFigures;
-use crate::shard::{failure_of, ForwardBatch, ShardRuntime};
+use crate::shard::{fail_undurable_writes, failure_of, is_write, ForwardBatch, ShardRuntime};
 
 /// One slot of a frame's reply.
 pub enum Item {
@@ -55,6 +55,8 @@ pub struct FrameState {
     items: Vec<Item>,
     /// Slots still waiting for another shard.
     pending: u32,
+    /// The LSN this shard's log must have made durable before the frame is answered.
+    lsn_needed: u64,
 }
 
 impl FrameState {
@@ -64,6 +66,7 @@ impl FrameState {
             refused: Some((code, message)),
             items: Vec::new(),
             pending: 0,
+            lsn_needed: 0,
         }
     }
 
@@ -91,6 +94,15 @@ impl FrameState {
             assert!(self.pending > 0);
             self.pending -= 1;
         }
+    }
+
+    /// The log failed before this frame was durable: its writes' outcomes become unknown.
+    fn fail_undurable_writes(&mut self, lsn_durable: u64) {
+        let outcomes = self.items.iter_mut().filter_map(|item| match item {
+            Item::Done { outcome, .. } => Some(outcome),
+            _ => None,
+        });
+        fail_undurable_writes(outcomes, lsn_durable);
     }
 
     fn is_complete(&self) -> bool {
@@ -328,60 +340,65 @@ async fn serve_frame(conn: &Rc<Conn>, header: &FrameHeader, body: &[u8]) {
     let mut items = Vec::with_capacity(header.op_count as usize);
     let mut outgoing: Vec<Outgoing> = Vec::new();
     let mut stats_at = None;
-    {
-        let mut engine = shard.engine.borrow_mut();
-        for (index, (opcode, op)) in RequestOps::new(body, header.op_count).enumerate() {
-            let item = match op {
-                Err(error) => Item::Done {
-                    opcode,
-                    outcome: Err(failure_of(error)),
-                },
-                Ok(Request::Hello { client }) => {
-                    *conn.client.borrow_mut() = Arc::from(client);
-                    Item::Hello(hello_reply(shard))
+    let mut wrote = false;
+    let mut client = conn.client.borrow().clone();
+    for (index, (opcode, op)) in RequestOps::new(body, header.op_count).enumerate() {
+        let item = match op {
+            Err(error) => Item::Done {
+                opcode,
+                outcome: Err(failure_of(error)),
+            },
+            Ok(Request::Hello { client: name }) => {
+                client = Arc::from(name);
+                *conn.client.borrow_mut() = client.clone();
+                Item::Hello(hello_reply(shard))
+            }
+            Ok(Request::Stats) => {
+                stats_at = Some(index as u16);
+                let awaiting = shard.node.shards - 1;
+                Item::Stats {
+                    shards: vec![Some(shard.figures())],
+                    awaiting,
                 }
-                Ok(Request::Stats) => {
-                    stats_at = Some(index as u16);
-                    let awaiting = shard.node.shards - 1;
-                    Item::Stats {
-                        shards: vec![Some(shard.figures_with(&engine))],
-                        awaiting,
-                    }
-                }
-                Ok(op) => {
-                    let client = conn.client.borrow();
-                    match engine.apply(
+            }
+            Ok(op) => {
+                wrote |= is_write(&op);
+                match shard
+                    .apply_logged(
                         &op,
                         &Ctx {
                             now_ms,
                             client: &client,
                         },
-                        &mut tally_engine::NullLog,
-                    ) {
-                        Applied::Done(outcome) => Item::Done { opcode, outcome },
-                        Applied::Forward(to) => {
-                            assert_ne!(to, shard.id, "the engine forwarded an op to its own shard");
-                            let batch = match outgoing.iter_mut().position(|o| o.shard == to) {
-                                Some(at) => &mut outgoing[at],
-                                None => {
-                                    outgoing.push(Outgoing {
-                                        shard: to,
-                                        indices: Vec::new(),
-                                        ops: BytesMut::new(),
-                                    });
-                                    outgoing.last_mut().expect("just pushed")
-                                }
-                            };
-                            batch.indices.push(index as u16);
-                            op.encode(&mut batch.ops);
-                            Item::Remote { opcode }
-                        }
+                    )
+                    .await
+                {
+                    Applied::Done(outcome) => Item::Done { opcode, outcome },
+                    Applied::Forward(to) => {
+                        assert_ne!(to, shard.id, "the engine forwarded an op to its own shard");
+                        let batch = match outgoing.iter_mut().position(|o| o.shard == to) {
+                            Some(at) => &mut outgoing[at],
+                            None => {
+                                outgoing.push(Outgoing {
+                                    shard: to,
+                                    indices: Vec::new(),
+                                    ops: BytesMut::new(),
+                                });
+                                outgoing.last_mut().expect("just pushed")
+                            }
+                        };
+                        batch.indices.push(index as u16);
+                        op.encode(&mut batch.ops);
+                        Item::Remote { opcode }
                     }
                 }
-            };
-            items.push(item);
-        }
+            }
+        };
+        items.push(item);
     }
+    // The frame's local writes are acked once the log is durable up to the engine's LSN now
+    // (an upper bound of every LSN they took, duplicates' original LSNs included).
+    let lsn_needed = if wrote { shard.engine.borrow().lsn() } else { 0 };
     let pending = outgoing.iter().map(|o| o.indices.len() as u32).sum::<u32>()
         + u32::from(stats_at.is_some() && shard.node.shards > 1);
     let frame = Rc::new(RefCell::new(FrameState {
@@ -389,6 +406,7 @@ async fn serve_frame(conn: &Rc<Conn>, header: &FrameHeader, body: &[u8]) {
         refused: None,
         items,
         pending,
+        lsn_needed,
     }));
     conn.queue.borrow_mut().push_back(frame.clone());
     if pending == 0 {
@@ -428,11 +446,23 @@ async fn write_loop<W: AsyncWrite + Unpin>(conn: Rc<Conn>, mut writer: W) {
     let mut out = BytesMut::with_capacity(WRITE_FLUSH_BYTES);
     loop {
         let mut frames = 0u64;
+        let mut durable_wait = None;
         loop {
             let head = conn.queue.borrow().front().cloned();
             let Some(head) = head else { break };
             if !head.borrow().is_complete() {
                 break;
+            }
+            let lsn_needed = head.borrow().lsn_needed;
+            match conn.shard.durable.check(lsn_needed) {
+                Some(Ok(())) => {}
+                Some(Err(_)) => head
+                    .borrow_mut()
+                    .fail_undurable_writes(conn.shard.durable.lsn_durable()),
+                None => {
+                    durable_wait = Some(lsn_needed);
+                    break;
+                }
             }
             conn.queue.borrow_mut().pop_front();
             head.borrow().encode(&conn.shard, &mut out);
@@ -447,6 +477,11 @@ async fn write_loop<W: AsyncWrite + Unpin>(conn: Rc<Conn>, mut writer: W) {
             }
             out.clear();
             conn.in_flight.signal(frames);
+            continue;
+        }
+        if let Some(lsn) = durable_wait {
+            // The head is answered, but not durable yet: the next fsync (or the poison) wakes us.
+            let _ = conn.shard.durable.wait(lsn).await;
             continue;
         }
         if conn.reader_done.get() && conn.queue.borrow().is_empty() {
@@ -537,6 +572,7 @@ mod tests {
                 },
             ],
             pending: 2,
+            lsn_needed: 0,
         };
         assert!(!frame.is_complete());
         frame.fill_remote(&[0], vec![Err(Failure::new(ErrorCode::Overflow, "o"))]);

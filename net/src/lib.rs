@@ -10,10 +10,12 @@
 
 pub mod config;
 pub mod connection;
+pub mod durability;
 pub mod limits;
 pub mod log;
 pub mod mesh;
 pub mod node;
+pub mod recovery;
 pub mod shard;
 pub mod system;
 

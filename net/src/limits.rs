@@ -27,3 +27,14 @@ pub const IO_MEMORY_BYTES_MIN: usize = 64 << 10;
 
 /// glommio's default io_memory pool; used when the memlock limit allows.
 pub const IO_MEMORY_BYTES_DEFAULT: usize = 10 << 20;
+
+/// How often the commit loop preallocates the next segment and applies retention when idle.
+/// Preallocating ahead is what turns a full disk into `disk_full` refusals instead of a failed
+/// write of acknowledged-to-be data.
+pub const WAL_MAINTAIN_MS: u64 = 100;
+
+/// How often a shard checks whether a snapshot is due.
+pub const SNAPSHOT_POLL_MS: u64 = 250;
+
+/// How long a snapshot waits for other shards' logs it depends on before it is skipped.
+pub const SNAPSHOT_DEPS_WAIT_MS: u64 = 5_000;

@@ -12,9 +12,9 @@
 //! owner still running.
 
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -22,16 +22,22 @@ use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::net::{TcpListener, UnixListener};
 use glommio::sync::Gate;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
-use tally_engine::{HotConfig, NamespaceRule, Shard, ShardConfig, SplitRegistry};
+use tally_engine::{HotConfig, NamespaceRule, ShardConfig, SplitRegistry};
 use tally_proto::limits::{CONNECTIONS_MAX, SHARDS_MAX};
 use tally_proto::ErrorCode;
+use tally_wal::{DmaStorage, Recovered, Room, Wal, WalConfig};
 
 use crate::config::Config;
 use crate::connection::{self, now_ms};
-use crate::limits::{CROSS_SHARD_QUEUE_DEPTH, SHUTDOWN_DRAIN_MS_MAX, SHUTDOWN_POLL_MS};
+use crate::durability::LogFault;
+use crate::limits::{
+    CROSS_SHARD_QUEUE_DEPTH, SHUTDOWN_DRAIN_MS_MAX, SHUTDOWN_POLL_MS, SNAPSHOT_DEPS_WAIT_MS, SNAPSHOT_POLL_MS,
+    WAL_MAINTAIN_MS,
+};
 use crate::log;
 use crate::log::Level;
 use crate::mesh::{ShardReply, ShardRequest};
+use crate::recovery::{recover_node, RecoveredShard};
 use crate::shard::{shutdown_requested, spawn_reply_receivers, spawn_request_receivers, ShardRuntime};
 use crate::system::{lock_data_dir, plan_memlock, usable_cpus, DataDirLock};
 
@@ -45,6 +51,8 @@ pub struct NodeShared {
     pub connections: AtomicUsize,
     pub shutdown: AtomicBool,
     pub started: Instant,
+    /// Each shard's durable LSN, for snapshots that depend on another shard's log.
+    pub lsn_durable: Vec<AtomicU64>,
     peer_of: Vec<AtomicUsize>,
     joined: AtomicUsize,
     drained: AtomicUsize,
@@ -57,6 +65,20 @@ struct EngineSettings {
     hot: HotConfig,
     namespaces: Vec<NamespaceRule>,
     dedup_window_ms: u64,
+    segment_bytes: u64,
+    retention_ms: u64,
+    snapshot_records: u64,
+    snapshot_interval_ms: u64,
+}
+
+impl EngineSettings {
+    fn shard_config(&self, shard: u16, shards: u16) -> ShardConfig {
+        let mut config = ShardConfig::new(shard, shards);
+        config.hot = self.hot.clone();
+        config.namespaces = self.namespaces.clone();
+        config.dedup_window_ms = self.dedup_window_ms;
+        config
+    }
 }
 
 /// A running node. Dropping it without `stop` leaves the executors running until the process exits.
@@ -84,6 +106,10 @@ impl Node {
             hot: config.hot(),
             namespaces: config.namespaces()?,
             dedup_window_ms: config.dedup_window_secs.saturating_mul(1000),
+            segment_bytes: config.segment_mib.saturating_mul(1 << 20),
+            retention_ms: config.retention_hours.saturating_mul(3_600_000),
+            snapshot_records: config.snapshot_records,
+            snapshot_interval_ms: config.snapshot_interval_secs.saturating_mul(1000),
         };
         let lock = lock_data_dir(&config.data_dir)?;
         let memlock = plan_memlock(shards)?;
@@ -107,21 +133,25 @@ impl Node {
             joined: AtomicUsize::new(0),
             drained: AtomicUsize::new(0),
             failed: AtomicBool::new(false),
+            lsn_durable: (0..shards).map(|_| AtomicU64::new(0)).collect(),
         });
         let splits = Arc::new(SplitRegistry::new(shards));
+        let configs = (0..shards).map(|shard| settings.shard_config(shard, shards)).collect();
+        let recovered = recover_node(&config.data_dir, configs, &splits)?;
         let request_mesh = MeshBuilder::<ShardRequest, _>::full(shards as usize, CROSS_SHARD_QUEUE_DEPTH);
         let reply_mesh = MeshBuilder::<ShardReply, _>::full(shards as usize, CROSS_SHARD_QUEUE_DEPTH);
         let (ready_tx, ready_rx) = mpsc::channel::<Result<u16, String>>();
         let mut handles = Vec::new();
-        for shard in 0..shards {
+        for (shard, recovered) in (0..shards).zip(recovered) {
             let cpu = cpus[shard as usize % cpus.len()];
+            shared.lsn_durable[shard as usize].store(recovered.engine.lsn(), Ordering::Release);
             let start = ShardStart {
                 shard,
+                recovered,
                 listen,
                 direct_port: direct_ports[shard as usize],
                 unix_socket: if shard == 0 { config.unix_socket.clone() } else { None },
                 shared: shared.clone(),
-                splits: splits.clone(),
                 settings: settings.clone(),
                 request_mesh: request_mesh.clone(),
                 reply_mesh: reply_mesh.clone(),
@@ -223,11 +253,11 @@ fn direct_ports(config: &Config, listen: SocketAddr, shards: u16) -> Result<Vec<
 
 struct ShardStart {
     shard: u16,
+    recovered: RecoveredShard,
     listen: SocketAddr,
     direct_port: u16,
     unix_socket: Option<PathBuf>,
     shared: Arc<NodeShared>,
-    splits: Arc<SplitRegistry>,
     settings: EngineSettings,
     request_mesh: MeshBuilder<ShardRequest, glommio::channels::channel_mesh::Full>,
     reply_mesh: MeshBuilder<ShardReply, glommio::channels::channel_mesh::Full>,
@@ -237,11 +267,11 @@ struct ShardStart {
 async fn run_shard(start: ShardStart) {
     let ShardStart {
         shard,
+        recovered,
         listen,
         direct_port,
         unix_socket,
         shared,
-        splits,
         settings,
         request_mesh,
         reply_mesh,
@@ -273,11 +303,20 @@ async fn run_shard(start: ShardStart) {
     }
     let peer_of = shared.peer_of.iter().map(|p| p.load(Ordering::Acquire)).collect();
 
-    let mut config = ShardConfig::new(shard, shared.shards);
-    config.hot = settings.hot.clone();
-    config.namespaces = settings.namespaces.clone();
-    config.dedup_window_ms = settings.dedup_window_ms;
-    let engine = Shard::new(config, splits);
+    let RecoveredShard {
+        engine,
+        recovered,
+        pending,
+        dir,
+    } = recovered;
+    let wal = match open_wal(shard, &dir, &settings, &recovered).await {
+        Ok(wal) => wal,
+        Err(e) => return fail(e),
+    };
+    // Records recovery's reconcile produced go first; the first commit makes them durable.
+    for (lsn, record) in &pending {
+        wal.append(*lsn, &record.record());
+    }
     let runtime = Rc::new(ShardRuntime::new(
         shard,
         shared.clone(),
@@ -285,7 +324,13 @@ async fn run_shard(start: ShardStart) {
         request_tx,
         reply_tx,
         peer_of,
+        wal,
     ));
+    let commit_task = glommio::spawn_local(commit_loop(runtime.clone()));
+    if !pending.is_empty() {
+        runtime.commit_wake.signal(1);
+    }
+    let snapshot_task = glommio::spawn_local(snapshot_loop(runtime.clone(), settings.clone()));
     spawn_request_receivers(&runtime, request_rx);
     spawn_reply_receivers(&runtime, reply_rx);
 
@@ -319,6 +364,11 @@ async fn run_shard(start: ShardStart) {
     runtime.shutdown.close();
     let _ = accepts.close().await;
     let _ = connections.close().await;
+    // Every connection has been answered; let the commit loop write what is left and stop.
+    runtime.connections_drained.set(true);
+    runtime.commit_wake.signal(1);
+    commit_task.await;
+    snapshot_task.cancel().await;
     shared.drained.fetch_add(1, Ordering::AcqRel);
     let deadline = Instant::now() + Duration::from_millis(SHUTDOWN_DRAIN_MS_MAX);
     while shared.drained.load(Ordering::Acquire) < shared.shards as usize && Instant::now() < deadline {
@@ -348,7 +398,15 @@ async fn tick_until_shutdown(runtime: &Rc<ShardRuntime>, hot: &HotConfig) {
             return;
         }
         if Instant::now() >= next_tick {
-            runtime.engine.borrow_mut().tick(now_ms(), &mut tally_engine::NullLog);
+            // Splits and merges are logged; skip a tick while the open batch is full or the log failed.
+            if runtime.wal.room() == Room::Ready && runtime.durable.fault().is_none() {
+                let mut sink = &runtime.wal;
+                let lsn_before = runtime.engine.borrow().lsn();
+                runtime.engine.borrow_mut().tick(now_ms(), &mut sink);
+                if runtime.engine.borrow().lsn() != lsn_before {
+                    runtime.commit_wake.signal(1);
+                }
+            }
             next_tick += Duration::from_millis(hot.tick_ms);
         }
     }
@@ -451,4 +509,150 @@ fn spawn_unix_accept(runtime: &Rc<ShardRuntime>, accepts: &Rc<Gate>, connections
         listener,
         |_: &glommio::net::UnixStream| {}
     );
+}
+
+async fn open_wal(
+    shard: u16,
+    dir: &Path,
+    settings: &EngineSettings,
+    recovered: &Recovered,
+) -> Result<Wal<DmaStorage>, String> {
+    let storage = DmaStorage::open(dir)
+        .await
+        .map_err(|e| format!("shard {shard}: open {}: {e}", dir.display()))?;
+    let config = WalConfig {
+        segment_bytes: settings.segment_bytes,
+        retention_ms: settings.retention_ms,
+        ..WalConfig::new(shard)
+    };
+    Wal::open(storage, config, recovered)
+        .await
+        .map_err(|e| format!("shard {shard}: open the log in {}: {e}", dir.display()))
+}
+
+/// Group commit: while records are appended and not durable, write and fdatasync them as one
+/// batch; everything appended meanwhile forms the next. At most one commit is in flight. A failed
+/// write or sync poisons the log for good (never retried: a retried fsync can report success for
+/// data the kernel already dropped). Between commits, keeps the next segment preallocated.
+async fn commit_loop(runtime: Rc<ShardRuntime>) {
+    let shard = runtime.id;
+    let mut next_maintain = Instant::now();
+    let mut disk_full_logged = false;
+    loop {
+        let pending = runtime.wal.lsn_appended() > runtime.durable.lsn_durable();
+        if pending && runtime.durable.fault().is_none() {
+            let records = runtime.wal.lsn_appended() - runtime.durable.lsn_durable();
+            match runtime.wal.commit_batch(now_ms()).await {
+                Ok(lsn) => {
+                    runtime.durable.advance(lsn);
+                    runtime.node.lsn_durable[shard as usize].store(lsn, Ordering::Release);
+                    let counters = &runtime.counters;
+                    counters.wal_commits.set(counters.wal_commits.get() + 1);
+                    counters.wal_records.set(counters.wal_records.get() + records);
+                }
+                Err(e) => {
+                    log!(
+                        Level::Error,
+                        "SHARD {shard} LOG POISONED: {e}. This shard acks no more writes; restart tallyd to recover from disk."
+                    );
+                    runtime.durable.poison(LogFault::Poisoned);
+                }
+            }
+            continue;
+        }
+        if runtime.connections_drained.get() {
+            return;
+        }
+        if Instant::now() >= next_maintain && runtime.durable.fault().is_none() {
+            next_maintain = Instant::now() + Duration::from_millis(WAL_MAINTAIN_MS);
+            match runtime.wal.maintain(now_ms()).await {
+                Ok(()) => disk_full_logged = false,
+                Err(e) if runtime.wal.is_disk_full() => {
+                    if !disk_full_logged {
+                        log!(
+                            Level::Error,
+                            "shard {shard}: {e}: writes are refused with disk_full until space returns"
+                        );
+                        disk_full_logged = true;
+                    }
+                }
+                Err(e) => {
+                    log!(Level::Error, "SHARD {shard} LOG POISONED during maintenance: {e}");
+                    runtime.durable.poison(LogFault::Poisoned);
+                }
+            }
+            continue;
+        }
+        let wake = &runtime.commit_wake;
+        let _ = futures_lite::future::or(
+            async {
+                let _ = wake.acquire(1).await;
+            },
+            glommio::timer::sleep(Duration::from_millis(WAL_MAINTAIN_MS)),
+        )
+        .await;
+        let extra = wake.available();
+        if extra > 0 {
+            let _ = wake.try_acquire(extra);
+        }
+    }
+}
+
+/// Writes a snapshot every `snapshot_records` records or `snapshot_interval_ms`, whichever comes
+/// first (if anything changed), so restart replays a bounded log. Serialising blocks this core
+/// for about 40 ns per counter; writing the file does not.
+async fn snapshot_loop(runtime: Rc<ShardRuntime>, settings: EngineSettings) {
+    let shard = runtime.id;
+    let mut last_lsn = runtime.engine.borrow().lsn();
+    let mut last_time = Instant::now();
+    let mut body = Vec::new();
+    loop {
+        glommio::timer::sleep(Duration::from_millis(SNAPSHOT_POLL_MS)).await;
+        let lsn = runtime.engine.borrow().lsn();
+        let due = lsn >= last_lsn + settings.snapshot_records
+            || (lsn > last_lsn && last_time.elapsed() >= Duration::from_millis(settings.snapshot_interval_ms));
+        if !due || runtime.durable.fault().is_some() {
+            continue;
+        }
+        body.clear();
+        let deps = runtime.engine.borrow().snapshot(&mut body);
+        // The snapshot may replace older state only once what it relies on is durable: its own
+        // LSN here, and other shards' merges it already folded out of its slots.
+        if runtime.durable.wait(deps.lsn).await.is_err() {
+            continue;
+        }
+        let deadline = Instant::now() + Duration::from_millis(SNAPSHOT_DEPS_WAIT_MS);
+        let mut ready = true;
+        for (other, needed) in &deps.durable_lsn_required {
+            while runtime.node.lsn_durable[*other as usize].load(Ordering::Acquire) < *needed {
+                if Instant::now() > deadline {
+                    ready = false;
+                    break;
+                }
+                glommio::timer::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        if !ready {
+            log!(
+                Level::Warn,
+                "shard {shard}: snapshot at lsn {} skipped: another shard's log lags",
+                deps.lsn
+            );
+            continue;
+        }
+        match runtime.wal.write_snapshot(deps.lsn, &body).await {
+            Ok(()) => {
+                last_lsn = deps.lsn;
+                last_time = Instant::now();
+                runtime.counters.snapshots.set(runtime.counters.snapshots.get() + 1);
+                log!(
+                    Level::Debug,
+                    "shard {shard}: snapshot at lsn {} ({} bytes)",
+                    deps.lsn,
+                    body.len()
+                );
+            }
+            Err(e) => log!(Level::Warn, "shard {shard}: snapshot at lsn {} failed: {e}", deps.lsn),
+        }
+    }
 }

@@ -10,7 +10,11 @@ use std::sync::Arc;
 
 use glommio::channels::channel_mesh::{Receivers, Senders};
 use glommio::sync::Semaphore;
-use tally_engine::{Applied, Ctx, Failure, Shard};
+use tally_engine::{Applied, Ctx, Failure, Outcome, Shard};
+use tally_proto::{shard_of, Reply, Request};
+use tally_wal::{DmaStorage, Room, Wal};
+
+use crate::durability::DurableWatch;
 use tally_proto::{DecodeError, ErrorCode, RequestOps};
 
 use crate::connection::{FrameState, Item};
@@ -47,6 +51,9 @@ pub struct ShardCounters {
     pub frames: Cell<u64>,
     pub ops_forwarded_out: Cell<u64>,
     pub ops_forwarded_in: Cell<u64>,
+    pub wal_commits: Cell<u64>,
+    pub wal_records: Cell<u64>,
+    pub snapshots: Cell<u64>,
 }
 
 pub struct ShardRuntime {
@@ -62,6 +69,14 @@ pub struct ShardRuntime {
     peer_of: Vec<usize>,
     waiting: RefCell<HashMap<u64, Waiting>>,
     next_id: Cell<u64>,
+    /// This shard's write-ahead log: every state change the engine makes is appended here.
+    pub wal: Wal<DmaStorage>,
+    /// The durable LSN acks wait for.
+    pub durable: DurableWatch,
+    /// Signalled when records were appended: the commit loop wakes to write them.
+    pub commit_wake: Semaphore,
+    /// Set once every connection of this shard has been answered during shutdown.
+    pub connections_drained: Cell<bool>,
 }
 
 impl ShardRuntime {
@@ -72,6 +87,7 @@ impl ShardRuntime {
         requests: Senders<ShardRequest>,
         replies: Senders<ShardReply>,
         peer_of: Vec<usize>,
+        wal: Wal<DmaStorage>,
     ) -> ShardRuntime {
         assert_eq!(peer_of.len(), node.shards as usize);
         assert_eq!(peer_of[id as usize], requests.peer_id());
@@ -86,6 +102,10 @@ impl ShardRuntime {
             peer_of,
             waiting: RefCell::new(HashMap::new()),
             next_id: Cell::new(1),
+            durable: DurableWatch::new(wal.lsn_durable()),
+            wal,
+            commit_wake: Semaphore::new(0),
+            connections_drained: Cell::new(false),
         }
     }
 
@@ -199,30 +219,118 @@ impl ShardRuntime {
         }
     }
 
-    /// Applies ops another shard forwarded here. This shard owns their names (or holds a split
-    /// slot), so the engine must never forward them again.
-    fn apply_forwarded(&self, client: &[u8], now_ms: u64, count: u16, ops: &[u8]) -> Vec<tally_engine::Outcome> {
+    /// Applies one op through the engine and the log. A write the log cannot take (poisoned, disk
+    /// full) is refused before the engine sees it, so nothing unlogged is ever applied; a write for
+    /// another shard's name goes there instead, whose log may be fine. While the open batch is
+    /// full, waits for the commit loop to write it.
+    pub async fn apply_logged(&self, op: &Request<'_>, ctx: &Ctx<'_>) -> Applied {
+        if is_write(op) {
+            loop {
+                if self.durable.fault().is_some() || self.wal.is_poisoned() {
+                    return self.refuse_write(
+                        op,
+                        ErrorCode::LogPoisoned,
+                        "this shard's log failed; it acks no writes until the node restarts",
+                    );
+                }
+                match self.wal.room() {
+                    Room::Ready => break,
+                    Room::DiskFull => {
+                        return self.refuse_write(
+                            op,
+                            ErrorCode::DiskFull,
+                            "the disk is full: the write was not applied",
+                        )
+                    }
+                    _ => {
+                        self.commit_wake.signal(1);
+                        self.durable.changed().await;
+                    }
+                }
+            }
+        }
+        let mut engine = self.engine.borrow_mut();
+        let lsn_before = engine.lsn();
+        let mut sink = &self.wal;
+        let applied = engine.apply(op, ctx, &mut sink);
+        if engine.lsn() != lsn_before {
+            self.commit_wake.signal(1);
+        }
+        applied
+    }
+
+    fn refuse_write(&self, op: &Request<'_>, code: ErrorCode, message: &str) -> Applied {
+        let name = op.name().expect("writes name a counter");
+        let owner = shard_of(name, self.node.shards);
+        if owner != self.id {
+            return Applied::Forward(owner);
+        }
+        Applied::Done(Err(Failure::new(code, message)))
+    }
+
+    /// Applies ops another shard forwarded here. This shard owns their names, so the engine must
+    /// never forward them again. Returns the outcomes and the LSN that must be durable before they
+    /// are sent back (0 when nothing was written).
+    async fn apply_forwarded(&self, client: &[u8], now_ms: u64, count: u16, ops: &[u8]) -> (Vec<Outcome>, u64) {
         self.counters
             .ops_forwarded_in
             .set(self.counters.ops_forwarded_in.get() + u64::from(count));
         let ctx = Ctx { now_ms, client };
-        let mut engine = self.engine.borrow_mut();
+        let mut outcomes = Vec::with_capacity(count as usize);
+        let mut wrote = false;
         let mut iter = RequestOps::new(ops, count);
-        let outcomes: Vec<_> = iter
-            .by_ref()
-            .map(|(_, op)| match op {
-                Ok(op) => match engine.apply(&op, &ctx, &mut tally_engine::NullLog) {
-                    Applied::Done(outcome) => outcome,
-                    Applied::Forward(to) => Err(Failure::new(
-                        ErrorCode::Internal,
-                        format!("shard {} was sent an op it forwards to {to}", self.id),
-                    )),
-                },
+        for (_, op) in iter.by_ref() {
+            let outcome = match op {
+                Ok(op) => {
+                    wrote |= is_write(&op);
+                    match self.apply_logged(&op, &ctx).await {
+                        Applied::Done(outcome) => outcome,
+                        Applied::Forward(to) => Err(Failure::new(
+                            ErrorCode::Internal,
+                            format!("shard {} was sent an op it forwards to {to}", self.id),
+                        )),
+                    }
+                }
                 Err(error) => Err(failure_of(error)),
-            })
-            .collect();
+            };
+            outcomes.push(outcome);
+        }
         assert_eq!(iter.trailing_bytes(), 0, "forwarded ops are encoded by a shard");
-        outcomes
+        let lsn_needed = if wrote { self.engine.borrow().lsn() } else { 0 };
+        (outcomes, lsn_needed)
+    }
+}
+
+/// Whether an op changes state (and so is logged, and acked only once durable).
+pub fn is_write(op: &Request<'_>) -> bool {
+    matches!(
+        op,
+        Request::Incr { .. }
+            | Request::Create { .. }
+            | Request::Cas { .. }
+            | Request::AddBounded { .. }
+            | Request::Reset { .. }
+    )
+}
+
+/// Turns the writes among `outcomes` that were not durable when the log failed into
+/// `LogPoisoned`: their outcome is unknown (they may or may not be on disk).
+pub fn fail_undurable_writes<'a>(outcomes: impl Iterator<Item = &'a mut Outcome>, lsn_durable: u64) {
+    for outcome in outcomes {
+        let durable = match outcome {
+            Ok(Reply::Incr { token, .. })
+            | Ok(Reply::Cas { token, .. })
+            | Ok(Reply::AddBounded { token, .. })
+            | Ok(Reply::Reset { token, .. }) => token.lsn <= lsn_durable,
+            Ok(Reply::Create { created, .. }) => !*created,
+            _ => true,
+        };
+        if !durable {
+            *outcome = Err(Failure::new(
+                ErrorCode::LogPoisoned,
+                "the shard's log failed before this write was durable: its outcome is unknown",
+            ));
+        }
     }
 }
 
@@ -242,24 +350,46 @@ pub fn spawn_request_receivers(shard: &Rc<ShardRuntime>, mut receivers: Receiver
         let shard = shard.clone();
         glommio::spawn_local(async move {
             while let Some(request) = receiver.recv().await {
-                let reply = match request {
+                match request {
                     ShardRequest::Ops {
                         id,
                         client,
                         now_ms,
                         count,
                         ops,
-                    } => ShardReply::Ops {
-                        id,
-                        outcomes: shard.apply_forwarded(&client, now_ms, count, &ops),
-                    },
-                    ShardRequest::Stats { id } => ShardReply::Stats {
-                        id,
-                        stats: Box::new(shard.figures()),
-                    },
-                };
-                if shard.replies.send_to(peer, reply).await.is_err() {
-                    break;
+                    } => {
+                        let (outcomes, lsn_needed) = shard.apply_forwarded(&client, now_ms, count, &ops).await;
+                        if shard.durable.check(lsn_needed) == Some(Ok(())) {
+                            if shard
+                                .replies
+                                .send_to(peer, ShardReply::Ops { id, outcomes })
+                                .await
+                                .is_err()
+                            {
+                                break;
+                            }
+                        } else {
+                            // Wait for the fsync without holding up the next request from this peer.
+                            let shard = shard.clone();
+                            glommio::spawn_local(async move {
+                                let mut outcomes = outcomes;
+                                if shard.durable.wait(lsn_needed).await.is_err() {
+                                    fail_undurable_writes(outcomes.iter_mut(), shard.durable.lsn_durable());
+                                }
+                                let _ = shard.replies.send_to(peer, ShardReply::Ops { id, outcomes }).await;
+                            })
+                            .detach();
+                        }
+                    }
+                    ShardRequest::Stats { id } => {
+                        let reply = ShardReply::Stats {
+                            id,
+                            stats: Box::new(shard.figures()),
+                        };
+                        if shard.replies.send_to(peer, reply).await.is_err() {
+                            break;
+                        }
+                    }
                 }
                 glommio::yield_if_needed().await;
             }

@@ -1,0 +1,137 @@
+//! The node side of durability: the durable-LSN watch that acks wait on, and the group-commit
+//! loop that turns appended log records into fsynced batches.
+//!
+//! Group commit: each shard has at most one write+fdatasync in flight. Records appended while it
+//! runs form the next batch, so batches grow with load: one fsync acks everything that arrived
+//! during the previous one. An op's reply is held until the durable LSN reaches the LSN of its
+//! change (`FrameState::lsn_needed`); a failed write or sync poisons the shard's log for good.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+use glommio::sync::Semaphore;
+
+/// Why a shard's log takes no more writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFault {
+    /// A write or fdatasync failed. Nothing after `lsn_durable` is durable, and nothing will be
+    /// until the node restarts and recovers from disk.
+    Poisoned,
+}
+
+/// The highest LSN known durable, and a way to wait for it to pass a given LSN. Waking is a
+/// broadcast: every advance closes the current semaphore (waking all its waiters) and installs a
+/// fresh one, so one fsync wakes every ack that waited on it at the cost of one close.
+pub struct DurableWatch {
+    lsn_durable: Cell<u64>,
+    fault: Cell<Option<LogFault>>,
+    advanced: RefCell<Rc<Semaphore>>,
+}
+
+impl DurableWatch {
+    pub fn new(lsn_durable: u64) -> DurableWatch {
+        DurableWatch {
+            lsn_durable: Cell::new(lsn_durable),
+            fault: Cell::new(None),
+            advanced: RefCell::new(Rc::new(Semaphore::new(0))),
+        }
+    }
+
+    pub fn lsn_durable(&self) -> u64 {
+        self.lsn_durable.get()
+    }
+
+    pub fn fault(&self) -> Option<LogFault> {
+        self.fault.get()
+    }
+
+    /// Whether a change at `lsn` may be acked now: `Some(Ok)` yes, `Some(Err)` never, `None` not yet.
+    pub fn check(&self, lsn: u64) -> Option<Result<(), LogFault>> {
+        if lsn <= self.lsn_durable.get() {
+            return Some(Ok(()));
+        }
+        self.fault.get().map(Err)
+    }
+
+    /// Records that everything up to `lsn` is durable and wakes every waiter.
+    pub fn advance(&self, lsn: u64) {
+        assert!(lsn >= self.lsn_durable.get(), "the durable LSN only increases");
+        assert!(self.fault.get().is_none(), "a poisoned log never becomes durable again");
+        self.lsn_durable.set(lsn);
+        self.wake_all();
+    }
+
+    /// Poisons the log: waiters beyond the durable LSN get the fault.
+    pub fn poison(&self, fault: LogFault) {
+        self.fault.set(Some(fault));
+        self.wake_all();
+    }
+
+    fn wake_all(&self) {
+        let old = std::mem::replace(&mut *self.advanced.borrow_mut(), Rc::new(Semaphore::new(0)));
+        old.close();
+    }
+
+    /// Waits until `lsn` is durable or the log is poisoned.
+    pub async fn wait(&self, lsn: u64) -> Result<(), LogFault> {
+        loop {
+            if let Some(result) = self.check(lsn) {
+                return result;
+            }
+            let advanced = self.advanced.borrow().clone();
+            // Closed (an error) is the wake-up; no permit is ever signalled.
+            let _ = advanced.acquire(1).await;
+        }
+    }
+
+    /// Waits for the next advance or fault, whatever the LSN.
+    pub async fn changed(&self) {
+        let advanced = self.advanced.borrow().clone();
+        let _ = advanced.acquire(1).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use glommio::{LocalExecutorBuilder, Placement};
+
+    #[test]
+    fn waiters_wake_on_advance_and_on_poison() {
+        let (early, late, durable_before) = LocalExecutorBuilder::new(Placement::Unbound)
+            .io_memory(256 << 10)
+            .spawn(|| async {
+                let watch = Rc::new(DurableWatch::new(0));
+                let early = glommio::spawn_local({
+                    let watch = watch.clone();
+                    async move { watch.wait(5).await }
+                });
+                let late = glommio::spawn_local({
+                    let watch = watch.clone();
+                    async move { watch.wait(9).await }
+                });
+                glommio::executor().yield_now().await;
+                watch.advance(6);
+                let early = early.await;
+                let pending = watch.check(9);
+                watch.poison(LogFault::Poisoned);
+                (early, late.await, pending)
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(early, Ok(()));
+        assert_eq!(durable_before, None, "9 was not durable before the poison");
+        assert_eq!(late, Err(LogFault::Poisoned));
+    }
+
+    #[test]
+    fn check_orders_durable_pending_and_poisoned() {
+        let watch = DurableWatch::new(10);
+        assert_eq!(watch.check(10), Some(Ok(())));
+        assert_eq!(watch.check(11), None);
+        watch.poison(LogFault::Poisoned);
+        assert_eq!(watch.check(11), Some(Err(LogFault::Poisoned)));
+        assert_eq!(watch.check(2), Some(Ok(())));
+    }
+}
