@@ -50,6 +50,12 @@ pub struct ShardFigures {
     pub frames: u64,
     pub ops_forwarded_out: u64,
     pub ops_forwarded_in: u64,
+    pub wal_commits: u64,
+    pub wal_records: u64,
+    pub lsn_durable: u64,
+    pub log_poisoned: bool,
+    pub disk_full: bool,
+    pub snapshots: u64,
 }
 
 impl ShardFigures {
@@ -57,7 +63,7 @@ impl ShardFigures {
     pub fn push_figures(&self, out: &mut Vec<(String, i64)>) {
         let s = self.shard;
         let e = &self.engine;
-        let figures: [(&str, u64); 11] = [
+        let figures: [(&str, u64); 17] = [
             ("counters", e.counters),
             ("strict_counters", e.strict_counters),
             ("split_owned", e.split_owned),
@@ -69,6 +75,12 @@ impl ShardFigures {
             ("frames", self.frames),
             ("ops_forwarded_out", self.ops_forwarded_out),
             ("ops_forwarded_in", self.ops_forwarded_in),
+            ("wal_commits", self.wal_commits),
+            ("wal_records", self.wal_records),
+            ("lsn_durable", self.lsn_durable),
+            ("log_poisoned", u64::from(self.log_poisoned)),
+            ("disk_full", u64::from(self.disk_full)),
+            ("snapshots", self.snapshots),
         ];
         for (key, value) in figures {
             out.push((format!("shard.{s}.{key}"), i64::try_from(value).unwrap_or(i64::MAX)));

@@ -216,6 +216,12 @@ impl ShardRuntime {
             frames: self.counters.frames.get(),
             ops_forwarded_out: self.counters.ops_forwarded_out.get(),
             ops_forwarded_in: self.counters.ops_forwarded_in.get(),
+            wal_commits: self.counters.wal_commits.get(),
+            wal_records: self.counters.wal_records.get(),
+            lsn_durable: self.durable.lsn_durable(),
+            log_poisoned: self.durable.fault().is_some(),
+            disk_full: self.wal.is_disk_full(),
+            snapshots: self.counters.snapshots.get(),
         }
     }
 
