@@ -44,6 +44,8 @@ pub fn tallyd_path() -> PathBuf {
 /// A running `tallyd` child process.
 pub struct Server {
     child: Option<Child>,
+    /// Set when the server made its own directory (`start`): removed when the server is dropped.
+    owned_dir: Option<DataDir>,
     pub addr: String,
     pub shard_ports: Vec<u16>,
     pub data_dir: PathBuf,
@@ -64,13 +66,25 @@ pub fn fresh_dir(tag: &str) -> PathBuf {
 impl Server {
     /// Starts `tallyd --listen 127.0.0.1:0 --data-dir <fresh> <extra...>` and waits until ready.
     pub fn start(extra: &[&str]) -> Server {
-        Server::start_in(fresh_dir("data"), extra)
+        let dir = DataDir::new("data");
+        let mut server = Server::start_in(dir.0.clone(), extra);
+        server.owned_dir = Some(dir);
+        server
     }
 
     pub fn start_in(data_dir: PathBuf, extra: &[&str]) -> Server {
         let mut command = Command::new(tallyd_path());
         command
-            .args(["--listen", "127.0.0.1:0", "--log-level", "warn", "--data-dir"])
+            // Small segments: each shard preallocates two, and tests start many nodes.
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--log-level",
+                "warn",
+                "--segment-mib",
+                "2",
+                "--data-dir",
+            ])
             .arg(&data_dir)
             .args(extra)
             .stdin(Stdio::null())
@@ -112,6 +126,7 @@ impl Server {
             .map(PathBuf::from);
         Server {
             child: Some(child),
+            owned_dir: None,
             addr,
             shard_ports,
             data_dir,
@@ -156,6 +171,23 @@ impl Drop for Server {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // A server that was stopped or killed may be restarted on the same directory by the test
+        // (`start_in`); directories are removed by `DataDir`'s drop, not here.
+    }
+}
+
+/// A test's data directory, removed (with its preallocated segments) when dropped.
+pub struct DataDir(pub PathBuf);
+
+impl DataDir {
+    pub fn new(tag: &str) -> DataDir {
+        DataDir(fresh_dir(tag))
+    }
+}
+
+impl Drop for DataDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tally_proto::{ErrorCode, Reply, Request};
-use tally_tests::{fresh_dir, RawConn, RawReply, Server};
+use tally_tests::{DataDir, RawConn, RawReply, Server};
 
 const NAMES: usize = 8;
 const THREADS: usize = 4;
@@ -148,7 +148,8 @@ fn acked_increments_survive_sigkill_and_retries_count_once() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
-    let data_dir = fresh_dir("kill");
+    let dir = DataDir::new("kill");
+    let data_dir = dir.0.clone();
     let mut server = Server::start_in(data_dir.clone(), &["--shards", "2"]);
     // Everything every thread ever attempted, and every key acked at least once (by a first send
     // or a retry).

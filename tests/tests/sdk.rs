@@ -106,8 +106,8 @@ fn idempotency_keys_dedup_and_conflict() {
 
 #[test]
 fn the_unix_socket_serves_the_same_counters() {
-    let dir = tally_tests::fresh_dir("unix");
-    let socket = dir.join("tally.sock");
+    let dir = tally_tests::DataDir::new("unix");
+    let socket = dir.0.join("tally.sock");
     let server = Server::start(&["--unix-socket", socket.to_str().unwrap()]);
     assert_eq!(server.unix_socket.as_deref(), Some(socket.as_path()));
     let mut tcp = Client::connect(&server.addr).unwrap();
