@@ -644,6 +644,8 @@ async fn snapshot_loop(runtime: Rc<ShardRuntime>, settings: EngineSettings) {
             Ok(()) => {
                 last_lsn = deps.lsn;
                 last_time = Instant::now();
+                // Do not keep a buffer the size of the shard between snapshots (minutes apart).
+                body = Vec::new();
                 runtime.counters.snapshots.set(runtime.counters.snapshots.get() + 1);
                 log!(
                     Level::Debug,

@@ -40,66 +40,25 @@ pub fn recover_node(
     splits: &Arc<SplitRegistry>,
 ) -> Result<Vec<RecoveredShard>, String> {
     let started = Instant::now();
-    let mut engines = Vec::with_capacity(configs.len());
-    let mut recovereds = Vec::with_capacity(configs.len());
-    for config in configs {
-        let shard = config.shard;
-        let dir = shard_dir(data_dir, shard);
-        std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-        let shard_started = Instant::now();
-        // Both callbacks fill the same state: the snapshot one first, then one call per record.
-        let state: RefCell<(Option<Shard>, Option<String>)> = RefCell::new((None, None));
-        let recovered = recover_from_snapshot(
-            &FsDir(dir.clone()),
-            shard,
-            |snapshot| {
-                let mut state = state.borrow_mut();
-                match snapshot {
-                    Some(snapshot) => match Shard::from_snapshot(config.clone(), splits.clone(), &snapshot.body) {
-                        Ok(restored) => state.0 = Some(restored),
-                        Err(e) => state.1 = Some(format!("snapshot {} of shard {shard}: {e}", snapshot.file)),
-                    },
-                    None => state.0 = Some(Shard::new(config.clone(), splits.clone())),
-                }
-            },
-            |entry| {
-                let mut state = state.borrow_mut();
-                let (engine, failure) = &mut *state;
-                if failure.is_some() {
-                    return;
-                }
-                let Some(engine) = engine.as_mut() else { return };
-                if let Err(e) = engine.replay(entry.lsn, entry.time_ms, &entry.record) {
-                    *failure = Some(format!("shard {shard}: replaying lsn {}: {e}", entry.lsn));
-                }
-            },
-        )
-        .map_err(|e| format!("recovering shard {shard} in {}: {e}", dir.display()))?;
-        let (engine, failure) = state.into_inner();
-        if let Some(failure) = failure {
-            return Err(failure);
-        }
-        let engine = engine.expect("recovery reports its snapshot before it returns");
-        if let Some(torn) = &recovered.torn_tail {
-            log!(
-                Level::Warn,
-                "shard {shard}: torn tail in {} at byte {} ({}): truncated; nothing after it was acknowledged",
-                torn.file,
-                torn.offset,
-                torn.detail
-            );
-        }
-        for (file, why) in &recovered.bad_snapshots {
-            log!(Level::Warn, "shard {shard}: ignored snapshot {file}: {why}");
-        }
-        log!(
-            Level::Info,
-            "shard {shard}: recovered lsn {} (snapshot {}, {} records replayed) in {} ms",
-            engine.lsn(),
-            recovered.snapshot.as_ref().map_or(0, |s| s.lsn),
-            recovered.records_replayed,
-            shard_started.elapsed().as_millis()
-        );
+    // Shards recover in parallel, one thread each: replay is CPU-bound and shards share nothing
+    // until the reconcile below.
+    let results: Vec<Result<(Shard, Recovered, PathBuf), String>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = configs
+            .into_iter()
+            .map(|config| {
+                let splits = splits.clone();
+                scope.spawn(move || recover_shard(data_dir, config, &splits))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err("a recovery thread panicked".into())))
+            .collect()
+    });
+    let mut engines = Vec::with_capacity(results.len());
+    let mut recovereds = Vec::with_capacity(results.len());
+    for result in results {
+        let (engine, recovered, dir) = result?;
         engines.push(engine);
         recovereds.push((recovered, dir));
     }
@@ -141,4 +100,70 @@ pub fn recover_node(
             dir,
         })
         .collect())
+}
+
+/// Recovers one shard: its snapshot, then its log replayed into the engine.
+fn recover_shard(
+    data_dir: &Path,
+    config: ShardConfig,
+    splits: &Arc<SplitRegistry>,
+) -> Result<(Shard, Recovered, PathBuf), String> {
+    let shard = config.shard;
+    let dir = shard_dir(data_dir, shard);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    let shard_started = Instant::now();
+    // Both callbacks fill the same state: the snapshot one first, then one call per record.
+    let state: RefCell<(Option<Shard>, Option<String>)> = RefCell::new((None, None));
+    let recovered = recover_from_snapshot(
+        &FsDir(dir.clone()),
+        shard,
+        |snapshot| {
+            let mut state = state.borrow_mut();
+            match snapshot {
+                Some(snapshot) => match Shard::from_snapshot(config.clone(), splits.clone(), &snapshot.body) {
+                    Ok(restored) => state.0 = Some(restored),
+                    Err(e) => state.1 = Some(format!("snapshot {} of shard {shard}: {e}", snapshot.file)),
+                },
+                None => state.0 = Some(Shard::new(config.clone(), splits.clone())),
+            }
+        },
+        |entry| {
+            let mut state = state.borrow_mut();
+            let (engine, failure) = &mut *state;
+            if failure.is_some() {
+                return;
+            }
+            let Some(engine) = engine.as_mut() else { return };
+            if let Err(e) = engine.replay(entry.lsn, entry.time_ms, &entry.record) {
+                *failure = Some(format!("shard {shard}: replaying lsn {}: {e}", entry.lsn));
+            }
+        },
+    )
+    .map_err(|e| format!("recovering shard {shard} in {}: {e}", dir.display()))?;
+    let (engine, failure) = state.into_inner();
+    if let Some(failure) = failure {
+        return Err(failure);
+    }
+    let engine = engine.expect("recovery reports its snapshot before it returns");
+    if let Some(torn) = &recovered.torn_tail {
+        log!(
+            Level::Warn,
+            "shard {shard}: torn tail in {} at byte {} ({}): truncated; nothing after it was acknowledged",
+            torn.file,
+            torn.offset,
+            torn.detail
+        );
+    }
+    for (file, why) in &recovered.bad_snapshots {
+        log!(Level::Warn, "shard {shard}: ignored snapshot {file}: {why}");
+    }
+    log!(
+        Level::Info,
+        "shard {shard}: recovered lsn {} (snapshot {}, {} records replayed) in {} ms",
+        engine.lsn(),
+        recovered.snapshot.as_ref().map_or(0, |s| s.lsn),
+        recovered.records_replayed,
+        shard_started.elapsed().as_millis()
+    );
+    Ok((engine, recovered, dir))
 }
