@@ -11,7 +11,7 @@
 //! every shard has drained before its executor exits, so forwarded requests always find their
 //! owner still running.
 
-use std::net::{SocketAddr, TcpListener as StdTcpListener};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener as StdTcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
@@ -43,6 +43,14 @@ use crate::system::{lock_data_dir, plan_memlock, usable_cpus, DataDirLock};
 
 /// How long startup waits for every shard to reach the barrier before giving up.
 const STARTUP_BARRIER_MS_MAX: u64 = 30_000;
+
+/// How long the startup check for a live listener on our ports waits for a connection. Loopback
+/// and local addresses answer (accept or refuse) in microseconds.
+const LISTENER_CHECK_MS: u64 = 500;
+
+/// How long a listener found on our port may take to disappear (a crashed node's sockets outlive
+/// it briefly) before startup fails with "address in use".
+const LISTENER_GONE_MS_MAX: u64 = 3_000;
 
 /// State every shard of a node reads; written only at startup and shutdown.
 pub struct NodeShared {
@@ -218,11 +226,38 @@ impl Node {
 }
 
 /// Port 0 is resolved here so that every shard binds the same port. A non-zero port is checked
-/// to be free without SO_REUSEPORT: otherwise a stale tallyd on the same port would silently
-/// share its connections with this one.
+/// for a live listener before the shards bind it with SO_REUSEPORT: otherwise a tallyd already
+/// running there would silently share its connections with this one. The check connects rather
+/// than binds: after a crash the dead node's accepted sockets linger (FIN_WAIT) on the port for up
+/// to a minute, which makes a plain bind fail although nobody listens; they do not accept.
 fn resolve_listen(listen: SocketAddr) -> Result<SocketAddr, String> {
-    let probe = StdTcpListener::bind(listen).map_err(|e| format!("listen address {listen}: {e}"))?;
-    probe.local_addr().map_err(|e| format!("listen address {listen}: {e}"))
+    if listen.port() == 0 {
+        let probe = StdTcpListener::bind(listen).map_err(|e| format!("listen address {listen}: {e}"))?;
+        return probe.local_addr().map_err(|e| format!("listen address {listen}: {e}"));
+    }
+    check_no_listener(listen).map_err(|e| format!("listen address {e}"))?;
+    Ok(listen)
+}
+
+/// Fails if something accepts connections at `addr` (an unspecified address is checked on loopback).
+fn check_no_listener(addr: SocketAddr) -> Result<(), String> {
+    let mut target = addr;
+    if target.ip().is_unspecified() {
+        target.set_ip(if addr.is_ipv4() { Ipv4Addr::LOCALHOST.into() } else { Ipv6Addr::LOCALHOST.into() });
+    }
+    // A node killed a moment ago can still hold its listening socket: io_uring tears a dead
+    // process's rings down asynchronously, and until then the kernel completes handshakes on it.
+    // So a listener must persist for LISTENER_GONE_MS_MAX before we call the port taken.
+    let deadline = Instant::now() + Duration::from_millis(LISTENER_GONE_MS_MAX);
+    loop {
+        if TcpStream::connect_timeout(&target, Duration::from_millis(LISTENER_CHECK_MS)).is_err() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{addr}: another process is listening there (is a tallyd already running?)"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn direct_ports(config: &Config, listen: SocketAddr, shards: u16) -> Result<Vec<u16>, String> {
@@ -245,7 +280,7 @@ fn direct_ports(config: &Config, listen: SocketAddr, shards: u16) -> Result<Vec<
             .checked_add(shard)
             .ok_or_else(|| format!("shard port base {base} + {shard} exceeds 65535"))?;
         let addr = SocketAddr::new(listen.ip(), port);
-        StdTcpListener::bind(addr).map_err(|e| format!("shard {shard} port {addr}: {e}"))?;
+        check_no_listener(addr).map_err(|e| format!("shard {shard} port {e}"))?;
         ports.push(port);
     }
     Ok(ports)

@@ -74,17 +74,13 @@ impl Server {
 
     pub fn start_in(data_dir: PathBuf, extra: &[&str]) -> Server {
         let mut command = Command::new(tallyd_path());
+        // A free port unless the test chose one (to restart a node on the same address).
+        if !extra.contains(&"--listen") {
+            command.args(["--listen", "127.0.0.1:0"]);
+        }
         command
             // Small segments: each shard preallocates two, and tests start many nodes.
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--log-level",
-                "warn",
-                "--segment-mib",
-                "2",
-                "--data-dir",
-            ])
+            .args(["--log-level", "warn", "--segment-mib", "2", "--data-dir"])
             .arg(&data_dir)
             .args(extra)
             .stdin(Stdio::null())
