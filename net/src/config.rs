@@ -75,6 +75,11 @@ pub struct Config {
     #[arg(long, env = "TALLY_SNAPSHOT_INTERVAL_SECS", default_value_t = 60)]
     pub snapshot_interval_secs: u64,
 
+    /// Most client connections this node serves at once (at most CONNECTIONS_MAX, 10 000); one more
+    /// is answered with a `too_many_connections` error frame and closed.
+    #[arg(long, env = "TALLY_MAX_CONNECTIONS", default_value_t = tally_proto::limits::CONNECTIONS_MAX)]
+    pub max_connections: usize,
+
     /// Idempotency-key dedup window in seconds.
     #[arg(long, env = "TALLY_DEDUP_WINDOW_SECS", default_value_t = 300)]
     pub dedup_window_secs: u64,

@@ -55,6 +55,8 @@ const LISTENER_GONE_MS_MAX: u64 = 3_000;
 /// State every shard of a node reads; written only at startup and shutdown.
 pub struct NodeShared {
     pub shards: u16,
+    /// `--max-connections`, at most `CONNECTIONS_MAX`.
+    pub connections_max: usize,
     pub shard_ports: Vec<AtomicU16>,
     pub connections: AtomicUsize,
     pub shutdown: AtomicBool,
@@ -131,8 +133,12 @@ impl Node {
         }
         let listen = resolve_listen(config.listen)?;
         let direct_ports = direct_ports(config, listen, shards)?;
+        if config.max_connections == 0 || config.max_connections > CONNECTIONS_MAX {
+            return Err(format!("--max-connections must be 1..={CONNECTIONS_MAX}, got {}", config.max_connections));
+        }
         let shared = Arc::new(NodeShared {
             shards,
+            connections_max: config.max_connections,
             shard_ports: (0..shards).map(|_| AtomicU16::new(0)).collect(),
             connections: AtomicUsize::new(0),
             shutdown: AtomicBool::new(false),
@@ -455,7 +461,7 @@ struct ConnectionSlot {
 impl ConnectionSlot {
     fn take(runtime: &Rc<ShardRuntime>) -> Option<ConnectionSlot> {
         let before = runtime.node.connections.fetch_add(1, Ordering::AcqRel);
-        if before >= CONNECTIONS_MAX {
+        if before >= runtime.node.connections_max {
             runtime.node.connections.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
@@ -501,8 +507,9 @@ macro_rules! accept_loop {
                 #[allow(clippy::redundant_closure_call)]
                 ($setup)(&stream);
                 let Some(slot) = ConnectionSlot::take(&runtime) else {
+                    let limit = runtime.node.connections_max;
                     glommio::spawn_local(async move {
-                        let message = format!("node is at CONNECTIONS_MAX {CONNECTIONS_MAX}");
+                        let message = format!("node is at its connection limit ({limit})");
                         connection::refuse(stream, ErrorCode::TooManyConnections, &message).await;
                     })
                     .detach();

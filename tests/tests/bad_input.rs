@@ -249,3 +249,35 @@ fn sigterm_exits_cleanly() {
     assert_eq!(value_of(&ops(conn.call(&[incr(b"x", 1)]))[0]), 1);
     assert_eq!(server.stop(), Some(0));
 }
+
+#[test]
+fn connections_beyond_the_limit_are_refused_and_the_rest_carry_on() {
+    let server = Server::start(&["--max-connections", "2"]);
+    let mut first = RawConn::connect(&server.addr);
+    let mut second = RawConn::connect(&server.addr);
+    // Both are served (and so counted) before the third arrives.
+    assert_eq!(value_of(&ops(first.call(&[incr(b"c", 1)]))[0]), 1);
+    assert_eq!(value_of(&ops(second.call(&[incr(b"c", 1)]))[0]), 2);
+    let mut third = RawConn::connect(&server.addr);
+    let (id, reply) = third.read_reply();
+    assert_eq!(id, 0, "the refusal answers no request");
+    match reply {
+        RawReply::Refused { code, .. } => assert_eq!(code, ErrorCode::TooManyConnections as u16),
+        RawReply::Ops(ops) => panic!("served beyond the limit: {ops:?}"),
+    }
+    assert!(third.is_closed());
+    assert_eq!(
+        value_of(&ops(first.call(&[incr(b"c", 1)]))[0]),
+        3,
+        "the others carry on"
+    );
+    drop(second);
+    // The freed slot is taken by the next connection (the close is noticed asynchronously).
+    let served = (0..200).any(|_| {
+        let mut next = RawConn::connect(&server.addr);
+        let (bytes, _) = next.frame(&[get(b"c")]);
+        next.send_bytes(&bytes);
+        matches!(next.read_reply().1, RawReply::Ops(_))
+    });
+    assert!(served, "a connection slot was freed when a client left");
+}
