@@ -70,3 +70,14 @@ const _: () =
     assert!((SHARDS_MAX as i128) * (SPLIT_SLOT_ABS_MAX as i128) + (SPLIT_VALUE_ABS_MAX as i128) <= i64::MAX as i128);
 const _: () = assert!(SPLIT_ELIGIBLE_ABS_MAX < SPLIT_VALUE_ABS_MAX as u64);
 const _: () = assert!(HOT_SKETCH_SLOTS > 0);
+
+/// Most split counters one `tick` merges. With at most `HOT_SKETCH_SLOTS` hot splits and
+/// `TICK_FORCED_SPLITS_MAX` forced ones, one tick logs at most `TICK_RECORDS_MAX` records, so the
+/// node can check the log has room for a tick before running it. Merges beyond this wait a tick.
+pub const TICK_MERGES_MAX: usize = 32;
+
+/// Most forced splits one `tick` makes (the rest follow on later ticks).
+pub const TICK_FORCED_SPLITS_MAX: usize = 32;
+
+/// Most log records one `tick` produces.
+pub const TICK_RECORDS_MAX: usize = TICK_MERGES_MAX + HOT_SKETCH_SLOTS + TICK_FORCED_SPLITS_MAX;

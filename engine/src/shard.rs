@@ -30,7 +30,7 @@ use crate::dedup::{Dedup, DedupCheck};
 use crate::hot::{rate_per_sec, sampled_rate_per_sec, HotSketch, Sampler, SketchItem};
 use crate::limits::{
     ARENA_BYTES_MAX, AUDIT_RECORDS_MAX, DEDUP_ENTRIES_MAX, HOT_SKETCH_SLOTS, SPLIT_ELIGIBLE_ABS_MAX, SPLIT_OWNED_MAX,
-    SPLIT_VALUE_ABS_MAX,
+    SPLIT_VALUE_ABS_MAX, TICK_FORCED_SPLITS_MAX, TICK_MERGES_MAX,
 };
 use crate::log::{Keyed, LogRecord, LogSink, LsnCheck};
 use crate::split::{OwnedSplit, SlotAdd, SplitCache, SplitCell, SplitRegistry};
@@ -1031,7 +1031,10 @@ impl Shard {
                 self.merge_scratch.push(id);
             }
         }
-        let merges = std::mem::take(&mut self.merge_scratch);
+        // Bounded per tick so that one tick's log records fit in one batch; the rest stay cool and
+        // merge on the next ticks.
+        let mut merges = std::mem::take(&mut self.merge_scratch);
+        merges.truncate(TICK_MERGES_MAX);
         for &id in &merges {
             let merged = self.merge_counter(id, log);
             assert!(merged);
@@ -1066,11 +1069,15 @@ impl Shard {
             return;
         }
         let forced = std::mem::take(&mut self.forced_owned);
+        let mut splits = 0;
         for name in &forced {
+            if splits == TICK_FORCED_SPLITS_MAX {
+                break;
+            }
             let key = Key::new(name);
             if let Some(entry) = self.table.find(key.hash, key.name).copied() {
                 if entry.is(FLAG_FORCED) && !entry.is(FLAG_SPLIT) {
-                    self.split_counter(entry.id(key.hash), log);
+                    splits += usize::from(self.split_counter(entry.id(key.hash), log));
                 }
             }
         }

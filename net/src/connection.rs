@@ -31,9 +31,12 @@ use crate::shard::{fail_undurable_writes, failure_of, is_write, ForwardBatch, Sh
 
 /// One slot of a frame's reply.
 pub enum Item {
+    /// Answered. `local`: by this shard (its log must be durable for it); otherwise by the owner
+    /// shard, which waited for its own log before replying.
     Done {
         opcode: u8,
         outcome: Outcome,
+        local: bool,
     },
     Hello(HelloReply),
     /// Sent to another shard; filled by its reply.
@@ -77,7 +80,11 @@ impl FrameState {
             let Item::Remote { opcode } = *slot else {
                 panic!("slot {index} is not waiting for a remote reply")
             };
-            *slot = Item::Done { opcode, outcome };
+            *slot = Item::Done {
+                opcode,
+                outcome,
+                local: false,
+            };
             assert!(self.pending > 0);
             self.pending -= 1;
         }
@@ -99,7 +106,9 @@ impl FrameState {
     /// The log failed before this frame was durable: its writes' outcomes become unknown.
     fn fail_undurable_writes(&mut self, lsn_durable: u64) {
         let outcomes = self.items.iter_mut().filter_map(|item| match item {
-            Item::Done { outcome, .. } => Some(outcome),
+            Item::Done {
+                outcome, local: true, ..
+            } => Some(outcome),
             _ => None,
         });
         fail_undurable_writes(outcomes, lsn_durable);
@@ -121,6 +130,7 @@ impl FrameState {
                 Item::Done {
                     opcode,
                     outcome: Ok(reply),
+                    ..
                 } => {
                     assert_eq!(*opcode, reply.opcode() as u8);
                     reply.encode(out);
@@ -128,6 +138,7 @@ impl FrameState {
                 Item::Done {
                     opcode,
                     outcome: Err(failure),
+                    ..
                 } => {
                     encode_error_reply(out, *opcode, failure.code, failure.current, &failure.message);
                 }
@@ -347,6 +358,7 @@ async fn serve_frame(conn: &Rc<Conn>, header: &FrameHeader, body: &[u8]) {
             Err(error) => Item::Done {
                 opcode,
                 outcome: Err(failure_of(error)),
+                local: true,
             },
             Ok(Request::Hello { client: name }) => {
                 client = Arc::from(name);
@@ -361,38 +373,43 @@ async fn serve_frame(conn: &Rc<Conn>, header: &FrameHeader, body: &[u8]) {
                     awaiting,
                 }
             }
-            Ok(op) => {
-                wrote |= is_write(&op);
-                match shard
-                    .apply_logged(
-                        &op,
-                        &Ctx {
-                            now_ms,
-                            client: &client,
-                        },
-                    )
-                    .await
-                {
-                    Applied::Done(outcome) => Item::Done { opcode, outcome },
-                    Applied::Forward(to) => {
-                        assert_ne!(to, shard.id, "the engine forwarded an op to its own shard");
-                        let batch = match outgoing.iter_mut().position(|o| o.shard == to) {
-                            Some(at) => &mut outgoing[at],
-                            None => {
-                                outgoing.push(Outgoing {
-                                    shard: to,
-                                    indices: Vec::new(),
-                                    ops: BytesMut::new(),
-                                });
-                                outgoing.last_mut().expect("just pushed")
-                            }
-                        };
-                        batch.indices.push(index as u16);
-                        op.encode(&mut batch.ops);
-                        Item::Remote { opcode }
+            Ok(op) => match shard
+                .apply_logged(
+                    &op,
+                    &Ctx {
+                        now_ms,
+                        client: &client,
+                    },
+                )
+                .await
+            {
+                Applied::Done(outcome) => {
+                    // Only writes this shard applied wait for this shard's log.
+                    wrote |= is_write(&op);
+                    Item::Done {
+                        opcode,
+                        outcome,
+                        local: true,
                     }
                 }
-            }
+                Applied::Forward(to) => {
+                    assert_ne!(to, shard.id, "the engine forwarded an op to its own shard");
+                    let batch = match outgoing.iter_mut().position(|o| o.shard == to) {
+                        Some(at) => &mut outgoing[at],
+                        None => {
+                            outgoing.push(Outgoing {
+                                shard: to,
+                                indices: Vec::new(),
+                                ops: BytesMut::new(),
+                            });
+                            outgoing.last_mut().expect("just pushed")
+                        }
+                    };
+                    batch.indices.push(index as u16);
+                    op.encode(&mut batch.ops);
+                    Item::Remote { opcode }
+                }
+            },
         };
         items.push(item);
     }
@@ -569,6 +586,7 @@ mod tests {
                 Item::Done {
                     opcode: 3,
                     outcome: Err(Failure::new(ErrorCode::NotFound, "x")),
+                    local: true,
                 },
             ],
             pending: 2,

@@ -25,7 +25,7 @@ use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use tally_engine::{HotConfig, NamespaceRule, ShardConfig, SplitRegistry};
 use tally_proto::limits::{CONNECTIONS_MAX, SHARDS_MAX};
 use tally_proto::ErrorCode;
-use tally_wal::{DmaStorage, Recovered, Room, Wal, WalConfig};
+use tally_wal::{DmaStorage, Recovered, Room, Wal, WalConfig, WalError};
 
 use crate::config::Config;
 use crate::connection::{self, now_ms};
@@ -43,6 +43,10 @@ use crate::system::{lock_data_dir, plan_memlock, usable_cpus, DataDirLock};
 
 /// How long startup waits for every shard to reach the barrier before giving up.
 const STARTUP_BARRIER_MS_MAX: u64 = 30_000;
+
+/// Log bytes one engine tick may produce: `TICK_RECORDS_MAX` records of at most ~40 bytes, each
+/// possibly preceded by a dictionary entry of at most 262 bytes (a 255-byte name): under 30 KB.
+const TICK_LOG_BYTES_MAX: u64 = (tally_engine::limits::TICK_RECORDS_MAX as u64) * (40 + 262);
 
 /// How long the startup check for a live listener on our ports waits for a connection. Loopback
 /// and local addresses answer (accept or refuse) in microseconds.
@@ -134,7 +138,10 @@ impl Node {
         let listen = resolve_listen(config.listen)?;
         let direct_ports = direct_ports(config, listen, shards)?;
         if config.max_connections == 0 || config.max_connections > CONNECTIONS_MAX {
-            return Err(format!("--max-connections must be 1..={CONNECTIONS_MAX}, got {}", config.max_connections));
+            return Err(format!(
+                "--max-connections must be 1..={CONNECTIONS_MAX}, got {}",
+                config.max_connections
+            ));
         }
         let shared = Arc::new(NodeShared {
             shards,
@@ -158,7 +165,6 @@ impl Node {
         let mut handles = Vec::new();
         for (shard, recovered) in (0..shards).zip(recovered) {
             let cpu = cpus[shard as usize % cpus.len()];
-            shared.lsn_durable[shard as usize].store(recovered.engine.lsn(), Ordering::Release);
             let start = ShardStart {
                 shard,
                 recovered,
@@ -249,7 +255,11 @@ fn resolve_listen(listen: SocketAddr) -> Result<SocketAddr, String> {
 fn check_no_listener(addr: SocketAddr) -> Result<(), String> {
     let mut target = addr;
     if target.ip().is_unspecified() {
-        target.set_ip(if addr.is_ipv4() { Ipv4Addr::LOCALHOST.into() } else { Ipv6Addr::LOCALHOST.into() });
+        target.set_ip(if addr.is_ipv4() {
+            Ipv4Addr::LOCALHOST.into()
+        } else {
+            Ipv6Addr::LOCALHOST.into()
+        });
     }
     // A node killed a moment ago can still hold its listening socket: io_uring tears a dead
     // process's rings down asynchronously, and until then the kernel completes handshakes on it.
@@ -260,7 +270,9 @@ fn check_no_listener(addr: SocketAddr) -> Result<(), String> {
             return Ok(());
         }
         if Instant::now() > deadline {
-            return Err(format!("{addr}: another process is listening there (is a tallyd already running?)"));
+            return Err(format!(
+                "{addr}: another process is listening there (is a tallyd already running?)"
+            ));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -354,8 +366,21 @@ async fn run_shard(start: ShardStart) {
         Ok(wal) => wal,
         Err(e) => return fail(e),
     };
-    // Records recovery's reconcile produced go first; the first commit makes them durable.
+    // Records recovery's reconcile produced go first; commits make them durable.
     for (lsn, record) in &pending {
+        loop {
+            match wal.room() {
+                Room::Ready => break,
+                Room::DiskFull => {
+                    return fail(format!("shard {shard}: the disk is full: cannot log recovery's merges"))
+                }
+                _ => {
+                    if let Err(e) = wal.commit_batch(now_ms()).await {
+                        return fail(format!("shard {shard}: logging recovery's merges: {e}"));
+                    }
+                }
+            }
+        }
         wal.append(*lsn, &record.record());
     }
     let runtime = Rc::new(ShardRuntime::new(
@@ -367,6 +392,8 @@ async fn run_shard(start: ShardStart) {
         peer_of,
         wal,
     ));
+    // The log's durable LSN, not the engine's: reconcile's records are appended but not durable.
+    shared.lsn_durable[shard as usize].store(runtime.durable.lsn_durable(), Ordering::Release);
     let commit_task = glommio::spawn_local(commit_loop(runtime.clone()));
     if !pending.is_empty() {
         runtime.commit_wake.signal(1);
@@ -405,16 +432,18 @@ async fn run_shard(start: ShardStart) {
     runtime.shutdown.close();
     let _ = accepts.close().await;
     let _ = connections.close().await;
-    // Every connection has been answered; let the commit loop write what is left and stop.
-    runtime.connections_drained.set(true);
-    runtime.commit_wake.signal(1);
-    commit_task.await;
-    snapshot_task.cancel().await;
+    // This shard's connections are answered, but other shards may still forward writes here
+    // until theirs are: keep the commit loop running until every shard has drained, then let it
+    // write what is left and stop.
     shared.drained.fetch_add(1, Ordering::AcqRel);
     let deadline = Instant::now() + Duration::from_millis(SHUTDOWN_DRAIN_MS_MAX);
     while shared.drained.load(Ordering::Acquire) < shared.shards as usize && Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(1)).await;
     }
+    runtime.connections_drained.set(true);
+    runtime.commit_wake.signal(1);
+    commit_task.await;
+    snapshot_task.cancel().await;
     log!(Level::Debug, "shard {shard} stopped");
 }
 
@@ -440,13 +469,19 @@ async fn tick_until_shutdown(runtime: &Rc<ShardRuntime>, hot: &HotConfig) {
         }
         if Instant::now() >= next_tick {
             // Splits and merges are logged; skip a tick while the open batch is full or the log failed.
-            if runtime.wal.room() == Room::Ready && runtime.durable.fault().is_none() {
+            if runtime.wal.room_for(TICK_LOG_BYTES_MAX) == Room::Ready
+                && runtime.durable.fault().is_none()
+                && !runtime.wal.is_poisoned()
+            {
                 let mut sink = &runtime.wal;
                 let lsn_before = runtime.engine.borrow().lsn();
                 runtime.engine.borrow_mut().tick(now_ms(), &mut sink);
                 if runtime.engine.borrow().lsn() != lsn_before {
                     runtime.commit_wake.signal(1);
                 }
+            } else {
+                // Seal the open batch so that the next tick finds room.
+                runtime.commit_wake.signal(1);
             }
             next_tick += Duration::from_millis(hot.tick_ms);
         }
@@ -581,6 +616,35 @@ async fn commit_loop(runtime: Rc<ShardRuntime>) {
     let mut next_maintain = Instant::now();
     let mut disk_full_logged = false;
     loop {
+        if runtime.wal.is_poisoned() && runtime.durable.fault().is_none() {
+            log!(
+                Level::Error,
+                "SHARD {shard} LOG POISONED: a log write or sync failed. This shard acks no more writes; restart tallyd to recover from disk."
+            );
+            runtime.durable.poison(LogFault::Poisoned);
+        }
+        // Keep the next segment preallocated even under sustained load (a rotation uses the spare
+        // up); without it the end of the current segment would look like a full disk.
+        let spare_needed = runtime.wal.room() == Room::DiskFull && !runtime.wal.is_disk_full();
+        if (spare_needed || Instant::now() >= next_maintain) && runtime.durable.fault().is_none() {
+            next_maintain = Instant::now() + Duration::from_millis(WAL_MAINTAIN_MS);
+            match runtime.wal.maintain(now_ms()).await {
+                Ok(()) => disk_full_logged = false,
+                Err(WalError::DiskFull) => {
+                    if !disk_full_logged {
+                        log!(
+                            Level::Error,
+                            "shard {shard}: the disk is full: writes are refused with disk_full until space returns"
+                        );
+                        disk_full_logged = true;
+                    }
+                }
+                Err(e) => {
+                    log!(Level::Error, "SHARD {shard} LOG POISONED during maintenance: {e}. This shard acks no more writes; restart tallyd.");
+                    runtime.durable.poison(LogFault::Poisoned);
+                }
+            }
+        }
         let pending = runtime.wal.lsn_appended() > runtime.durable.lsn_durable();
         if pending && runtime.durable.fault().is_none() {
             let records = runtime.wal.lsn_appended() - runtime.durable.lsn_durable();
@@ -604,26 +668,6 @@ async fn commit_loop(runtime: Rc<ShardRuntime>) {
         }
         if runtime.connections_drained.get() {
             return;
-        }
-        if Instant::now() >= next_maintain && runtime.durable.fault().is_none() {
-            next_maintain = Instant::now() + Duration::from_millis(WAL_MAINTAIN_MS);
-            match runtime.wal.maintain(now_ms()).await {
-                Ok(()) => disk_full_logged = false,
-                Err(e) if runtime.wal.is_disk_full() => {
-                    if !disk_full_logged {
-                        log!(
-                            Level::Error,
-                            "shard {shard}: {e}: writes are refused with disk_full until space returns"
-                        );
-                        disk_full_logged = true;
-                    }
-                }
-                Err(e) => {
-                    log!(Level::Error, "SHARD {shard} LOG POISONED during maintenance: {e}");
-                    runtime.durable.poison(LogFault::Poisoned);
-                }
-            }
-            continue;
         }
         let wake = &runtime.commit_wake;
         let _ = futures_lite::future::or(

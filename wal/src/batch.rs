@@ -294,7 +294,16 @@ impl BatchEncoder {
 
     /// Whether one more op may be applied; see `Room`.
     pub fn room(&self) -> Room {
-        let op = OP_BYTES_MAX;
+        self.room_for(OP_BYTES_MAX)
+    }
+
+    /// Whether records of up to `op` bytes in all (dictionary entries included) may be appended
+    /// now; `op` must not exceed what a fresh batch always holds (`BATCH_ROOM_MIN` less the header).
+    pub fn room_for(&self, op: u64) -> Room {
+        assert!(
+            op + BATCH_HEADER_BYTES <= BATCH_ROOM_MIN,
+            "{op} bytes may not fit even a fresh batch"
+        );
         if self.open_count == 0 {
             if self.would_rotate() {
                 return Room::Ready;

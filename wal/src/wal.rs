@@ -222,6 +222,11 @@ impl<S: Storage> Wal<S> {
         self.encoder.borrow().room()
     }
 
+    /// `room` for records of up to `bytes` in all, e.g. everything one engine tick may log.
+    pub fn room_for(&self, bytes: u64) -> Room {
+        self.encoder.borrow().room_for(bytes)
+    }
+
     /// True when a write or sync failed: nothing more is written or acknowledged; restart to recover.
     pub fn is_poisoned(&self) -> bool {
         self.poisoned.get()

@@ -33,10 +33,6 @@ fn main() -> ExitCode {
             .map(|p| format!(" unix={}", p.display()))
             .unwrap_or_default(),
     );
-    log!(
-        Level::Warn,
-        "state is in memory only: counters are lost when tallyd stops"
-    );
     let signal = wait_for_signal();
     log!(Level::Info, "signal {signal}: finishing in-flight requests");
     // A second signal during the drain exits at once.
