@@ -738,13 +738,7 @@ impl Shard {
                 format!("expected {expected}, the value is {current}"),
             ));
         }
-        let id = match existing {
-            Some(id) => {
-                self.table.get_mut(id).value = new;
-                id
-            }
-            None => self.create_entry(key, new, CounterKind::Strict, bounds)?,
-        };
+        let id = self.set_strict(existing, key, new, bounds)?;
         let record = LogRecord::Cas {
             name: key.name,
             name_id: id.name_at,
@@ -798,13 +792,7 @@ impl Shard {
             Some(next) if within(bounds, next) => next,
             _ => return Err(bound_violation(current, delta, bounds)),
         };
-        let id = match existing {
-            Some(id) => {
-                self.table.get_mut(id).value = next;
-                id
-            }
-            None => self.create_entry(key, next, CounterKind::Strict, declared)?,
-        };
+        let id = self.set_strict(existing, key, next, declared)?;
         let record = LogRecord::AddBounded {
             name: key.name,
             name_id: id.name_at,
@@ -1085,6 +1073,24 @@ impl Shard {
     }
 
     // ---- helpers ----
+
+    /// Sets a strict counter to `value`: the existing entry, or a new one (a strict namespace rule
+    /// creates the counter on its first CAS or bounded add) with the declared `bounds`.
+    fn set_strict(
+        &mut self,
+        existing: Option<CounterId>,
+        key: Key<'_>,
+        value: i64,
+        bounds: (i64, i64),
+    ) -> Result<CounterId, Failure> {
+        match existing {
+            Some(id) => {
+                self.table.get_mut(id).value = value;
+                Ok(id)
+            }
+            None => self.create_entry(key, value, CounterKind::Strict, bounds),
+        }
+    }
 
     /// Adds a counter (flagged forced if it is a forced name; the caller splits it after logging the
     /// op that created it).
