@@ -126,6 +126,9 @@ impl Node {
             snapshot_interval_ms: config.snapshot_interval_secs.saturating_mul(1000),
         };
         let lock = lock_data_dir(&config.data_dir)?;
+        // Absolute from here on: glommio's directory open (io_uring openat) refuses relative paths.
+        let data_dir = std::fs::canonicalize(&config.data_dir)
+            .map_err(|e| format!("data dir {}: {e}", config.data_dir.display()))?;
         let memlock = plan_memlock(shards)?;
         if memlock.io_memory_bytes < crate::limits::IO_MEMORY_BYTES_DEFAULT {
             log!(
@@ -158,7 +161,7 @@ impl Node {
         });
         let splits = Arc::new(SplitRegistry::new(shards));
         let configs = (0..shards).map(|shard| settings.shard_config(shard, shards)).collect();
-        let recovered = recover_node(&config.data_dir, configs, &splits)?;
+        let recovered = recover_node(&data_dir, configs, &splits)?;
         let request_mesh = MeshBuilder::<ShardRequest, _>::full(shards as usize, CROSS_SHARD_QUEUE_DEPTH);
         let reply_mesh = MeshBuilder::<ShardReply, _>::full(shards as usize, CROSS_SHARD_QUEUE_DEPTH);
         let (ready_tx, ready_rx) = mpsc::channel::<Result<u16, String>>();

@@ -73,7 +73,15 @@ impl Server {
     }
 
     pub fn start_in(data_dir: PathBuf, extra: &[&str]) -> Server {
+        Server::start_in_cwd(None, data_dir, extra)
+    }
+
+    /// `start_in`, run from `cwd` (so a relative `data_dir` is relative to it).
+    pub fn start_in_cwd(cwd: Option<&std::path::Path>, data_dir: PathBuf, extra: &[&str]) -> Server {
         let mut command = Command::new(tallyd_path());
+        if let Some(cwd) = cwd {
+            command.current_dir(cwd);
+        }
         // A free port unless the test chose one (to restart a node on the same address).
         if !extra.contains(&"--listen") {
             command.args(["--listen", "127.0.0.1:0"]);

@@ -227,3 +227,20 @@ fn the_cli_reports_an_unreachable_node() {
     assert_eq!(output.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&output.stderr).starts_with("tally: "));
 }
+
+/// The README's first command starts tallyd with its default, relative data dir `./tally-data`.
+#[test]
+fn a_relative_data_dir_works() {
+    let cwd = tally_tests::DataDir::new("cwd");
+    let server = Server::start_in_cwd(Some(&cwd.0), "tally-data".into(), &[]);
+    let mut client = Client::connect(&server.addr).unwrap();
+    assert_eq!(client.incr("rel:x", 2).unwrap(), 2);
+    assert!(cwd.0.join("tally-data").join("shard-0").is_dir());
+    assert_eq!(server.stop(), Some(0));
+    let server = Server::start_in_cwd(Some(&cwd.0), "tally-data".into(), &[]);
+    assert_eq!(
+        Client::connect(&server.addr).unwrap().get("rel:x").unwrap(),
+        2,
+        "recovered from ./tally-data"
+    );
+}
