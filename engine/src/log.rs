@@ -94,45 +94,34 @@ pub enum LogRecord<'a> {
 
 impl<'a> LogRecord<'a> {
     pub fn name(&self) -> &'a [u8] {
-        match *self {
-            LogRecord::Incr { name, .. }
-            | LogRecord::Create { name, .. }
-            | LogRecord::Cas { name, .. }
-            | LogRecord::AddBounded { name, .. }
-            | LogRecord::Reset { name, .. }
-            | LogRecord::SlotIncr { name, .. }
-            | LogRecord::Split { name, .. }
-            | LogRecord::Merge { name, .. } => name,
-        }
+        let mut record = *self;
+        *record.name_fields().0
     }
 
     pub fn name_id(&self) -> u32 {
-        match *self {
-            LogRecord::Incr { name_id, .. }
-            | LogRecord::Create { name_id, .. }
-            | LogRecord::Cas { name_id, .. }
-            | LogRecord::AddBounded { name_id, .. }
-            | LogRecord::Reset { name_id, .. }
-            | LogRecord::SlotIncr { name_id, .. }
-            | LogRecord::Split { name_id, .. }
-            | LogRecord::Merge { name_id, .. } => name_id,
-        }
+        let mut record = *self;
+        *record.name_fields().1
     }
 
     /// The same record with another `name_id` (decoding fills in the dictionary id; tests compare
     /// records across the two).
     pub fn with_name_id(mut self, id: u32) -> LogRecord<'a> {
-        match &mut self {
-            LogRecord::Incr { name_id, .. }
-            | LogRecord::Create { name_id, .. }
-            | LogRecord::Cas { name_id, .. }
-            | LogRecord::AddBounded { name_id, .. }
-            | LogRecord::Reset { name_id, .. }
-            | LogRecord::SlotIncr { name_id, .. }
-            | LogRecord::Split { name_id, .. }
-            | LogRecord::Merge { name_id, .. } => *name_id = id,
-        }
+        *self.name_fields().1 = id;
         self
+    }
+
+    /// The two fields every variant has.
+    fn name_fields(&mut self) -> (&mut &'a [u8], &mut u32) {
+        match self {
+            LogRecord::Incr { name, name_id, .. }
+            | LogRecord::Create { name, name_id, .. }
+            | LogRecord::Cas { name, name_id, .. }
+            | LogRecord::AddBounded { name, name_id, .. }
+            | LogRecord::Reset { name, name_id, .. }
+            | LogRecord::SlotIncr { name, name_id, .. }
+            | LogRecord::Split { name, name_id, .. }
+            | LogRecord::Merge { name, name_id, .. } => (name, name_id),
+        }
     }
 }
 
