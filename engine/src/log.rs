@@ -95,7 +95,7 @@ pub enum LogRecord<'a> {
 impl<'a> LogRecord<'a> {
     pub fn name(&self) -> &'a [u8] {
         let mut record = *self;
-        *record.name_fields().0
+        record.name_fields().0
     }
 
     pub fn name_id(&self) -> u32 {
