@@ -183,7 +183,7 @@ pub enum ReplayError {
 
 /// Owned copies of records: tests keep whole logs with them, and the node holds the records that
 /// recovery's reconcile produces until the shard's log is open to take them.
-pub mod testing {
+pub mod owned {
     use super::*;
 
     /// A record with owned bytes: the record's shape with empty slices, plus the bytes.

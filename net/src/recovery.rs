@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use tally_engine::log::testing::{Owned, Recorder};
+use tally_engine::log::owned::{Owned, Recorder};
 use tally_engine::log::LogSink;
 use tally_engine::{reconcile, Shard, ShardConfig, SplitRegistry};
 use tally_wal::{recover_from_snapshot, FsDir, Recovered};

@@ -595,7 +595,7 @@ mod tests {
 
     use super::*;
     use crate::config::{NamespaceRule, ShardConfig};
-    use crate::log::testing::{Owned, Recorder};
+    use crate::log::owned::{Owned, Recorder};
     use crate::log::NullLog;
     use crate::shard::{Applied, Canonical, Ctx};
     use crate::split::SplitRegistry;

@@ -627,7 +627,7 @@ mod tests {
 
     use super::*;
     use crate::config::NamespaceRule;
-    use crate::log::testing::Recorder;
+    use crate::log::owned::Recorder;
     use crate::log::NullLog;
     use crate::shard::{Applied, Canonical, Ctx};
 
