@@ -435,7 +435,7 @@ async fn serve_frame(conn: &Rc<Conn>, header: &FrameHeader, body: &[u8]) {
         let batch = ForwardBatch {
             shard: batch.shard,
             indices: batch.indices,
-            ops: batch.ops.to_vec(),
+            ops: batch.ops.freeze(),
             client: client.clone(),
             now_ms,
         };

@@ -9,6 +9,8 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use tally_engine::{Outcome, ShardStats};
 
 /// Work for another shard. Ops travel in their wire encoding (`opcode | len | payload`), decoded
@@ -20,7 +22,7 @@ pub enum ShardRequest {
         client: Arc<[u8]>,
         now_ms: u64,
         count: u16,
-        ops: Vec<u8>,
+        ops: Bytes,
     },
     Stats {
         id: u64,

@@ -8,14 +8,14 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use glommio::channels::channel_mesh::{Receivers, Senders};
 use glommio::sync::Semaphore;
 use tally_engine::{Applied, Ctx, Failure, Outcome, Shard};
-use tally_proto::{shard_of, Reply, Request};
+use tally_proto::{shard_of, DecodeError, ErrorCode, Reply, Request, RequestOps};
 use tally_wal::{DmaStorage, Room, Wal};
 
 use crate::durability::DurableWatch;
-use tally_proto::{DecodeError, ErrorCode, RequestOps};
 
 use crate::connection::{FrameState, Item};
 use crate::mesh::{ShardFigures, ShardReply, ShardRequest};
@@ -26,7 +26,7 @@ use crate::node::NodeShared;
 pub struct ForwardBatch {
     pub shard: u16,
     pub indices: Vec<u16>,
-    pub ops: Vec<u8>,
+    pub ops: Bytes,
     pub client: Arc<[u8]>,
     pub now_ms: u64,
 }
@@ -203,11 +203,7 @@ impl ShardRuntime {
 
     /// This shard's own figures.
     pub fn figures(&self) -> ShardFigures {
-        self.figures_with(&self.engine.borrow())
-    }
-
-    /// This shard's figures while the caller already holds the engine.
-    pub fn figures_with(&self, engine: &Shard) -> ShardFigures {
+        let engine = self.engine.borrow();
         ShardFigures {
             shard: self.id,
             engine: engine.stats(),
