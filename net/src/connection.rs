@@ -19,7 +19,7 @@ use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::sync::Semaphore;
 use tally_engine::{Applied, Ctx, Outcome};
 use tally_proto::frame::encode_error_frame;
-use tally_proto::limits::{FRAME_BYTES_MAX, FRAME_HEADER_BYTES, IN_FLIGHT_FRAMES_MAX, REQUEST_OP_HEADER_BYTES};
+use tally_proto::limits::{FRAME_BYTES_MAX, FRAME_HEADER_BYTES, IN_FLIGHT_FRAMES_MAX};
 use tally_proto::{
     encode_error_reply, DecodeError, ErrorCode, FrameBuilder, FrameHeader, FrameKind, HeaderCheck, HelloReply, Reply,
     Request, RequestOps, StatsReply, PROTOCOL_VERSION,
@@ -313,23 +313,6 @@ async fn push_ready(conn: &Conn, frame: FrameState) {
     conn.wake.signal(1);
 }
 
-/// Walks the op headers without decoding payloads: a frame whose op lengths do not add up to its
-/// body is refused whole, before any op in it is applied.
-fn frame_is_well_formed(body: &[u8], op_count: u16) -> bool {
-    let mut pos = 0usize;
-    for _ in 0..op_count {
-        if body.len() - pos < REQUEST_OP_HEADER_BYTES {
-            return false;
-        }
-        let len = u16::from_le_bytes([body[pos + 1], body[pos + 2]]) as usize;
-        pos += REQUEST_OP_HEADER_BYTES + len;
-        if pos > body.len() {
-            return false;
-        }
-    }
-    pos == body.len()
-}
-
 /// One batch of ops for another shard.
 struct Outgoing {
     shard: u16,
@@ -340,7 +323,7 @@ struct Outgoing {
 async fn serve_frame(conn: &Rc<Conn>, header: &FrameHeader, body: &[u8]) {
     let shard = &conn.shard;
     shard.counters.frames.set(shard.counters.frames.get() + 1);
-    if !frame_is_well_formed(body, header.op_count) {
+    if !RequestOps::lengths_add_up(body, header.op_count) {
         let message = "op lengths do not add up to the frame body".to_string();
         let frame = FrameState::refused(header.request_id, ErrorCode::BadFrame, message);
         conn.queue.borrow_mut().push_back(Rc::new(RefCell::new(frame)));
@@ -530,31 +513,6 @@ pub fn now_ms() -> u64 {
 mod tests {
     use super::*;
     use tally_engine::Failure;
-
-    fn body_of(ops: &[Request<'_>]) -> BytesMut {
-        let mut body = BytesMut::new();
-        for op in ops {
-            op.encode(&mut body);
-        }
-        body
-    }
-
-    #[test]
-    fn well_formed_frames_pass_and_broken_ones_fail() {
-        let body = body_of(&[
-            Request::Incr {
-                name: b"a",
-                delta: 1,
-                key: None,
-            },
-            Request::Stats,
-        ]);
-        assert!(frame_is_well_formed(&body, 2));
-        assert!(!frame_is_well_formed(&body, 1), "trailing op");
-        assert!(!frame_is_well_formed(&body, 3), "missing op");
-        assert!(!frame_is_well_formed(&body[..body.len() - 1], 2), "truncated payload");
-        assert!(frame_is_well_formed(&[], 0));
-    }
 
     #[test]
     fn refused_frames_encode_as_error_frames() {

@@ -404,6 +404,25 @@ impl<'a> RequestOps<'a> {
         }
     }
 
+    /// Whether the op headers of a request frame body account for exactly `body`: `op_count` ops,
+    /// none running past the end, no bytes after the last. Walks the 3-byte op headers only (no
+    /// payload is decoded), so a server can refuse an inconsistent frame whole before applying any
+    /// op in it.
+    pub fn lengths_add_up(body: &[u8], op_count: u16) -> bool {
+        let mut pos = 0usize;
+        for _ in 0..op_count {
+            if body.len() - pos < REQUEST_OP_HEADER_BYTES {
+                return false;
+            }
+            let len = u16::from_le_bytes([body[pos + 1], body[pos + 2]]) as usize;
+            pos += REQUEST_OP_HEADER_BYTES + len;
+            if pos > body.len() {
+                return false;
+            }
+        }
+        pos == body.len()
+    }
+
     /// Bytes of the body not consumed by the ops. Non-zero after iteration means trailing garbage.
     pub fn trailing_bytes(&self) -> usize {
         if self.broken {
@@ -456,6 +475,35 @@ impl<'a> Iterator for RequestOps<'a> {
 
 #[cfg(test)]
 mod tests {
+
+    fn body_of(ops: &[Request<'_>]) -> BytesMut {
+        let mut body = BytesMut::new();
+        for op in ops {
+            op.encode(&mut body);
+        }
+        body
+    }
+
+    #[test]
+    fn op_lengths_must_add_up_to_the_body() {
+        let body = body_of(&[
+            Request::Incr {
+                name: b"a",
+                delta: 1,
+                key: None,
+            },
+            Request::Stats,
+        ]);
+        assert!(RequestOps::lengths_add_up(&body, 2));
+        assert!(!RequestOps::lengths_add_up(&body, 1), "trailing op");
+        assert!(!RequestOps::lengths_add_up(&body, 3), "missing op");
+        assert!(
+            !RequestOps::lengths_add_up(&body[..body.len() - 1], 2),
+            "truncated payload"
+        );
+        assert!(RequestOps::lengths_add_up(&[], 0));
+    }
+
     use super::*;
 
     fn encoded(request: &Request<'_>) -> Vec<u8> {
