@@ -67,6 +67,12 @@ impl DurableWatch {
         self.wake_all();
     }
 
+    /// Wakes `changed` waiters without an advance: something else they wait on changed (the next
+    /// log segment became ready, or the disk was found full).
+    pub fn notify(&self) {
+        self.wake_all();
+    }
+
     fn wake_all(&self) {
         let old = std::mem::replace(&mut *self.advanced.borrow_mut(), Rc::new(Semaphore::new(0)));
         old.close();

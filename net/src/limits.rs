@@ -28,7 +28,7 @@ pub const IO_MEMORY_BYTES_MIN: usize = 64 << 10;
 /// glommio's default io_memory pool; used when the memlock limit allows.
 pub const IO_MEMORY_BYTES_DEFAULT: usize = 10 << 20;
 
-/// How often the commit loop preallocates the next segment and applies retention when idle.
+/// How often the maintenance task preallocates the next segment and applies retention.
 /// Preallocating ahead is what turns a full disk into `disk_full` refusals instead of a failed
 /// write of acknowledged-to-be data.
 pub const WAL_MAINTAIN_MS: u64 = 100;

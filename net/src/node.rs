@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::net::{TcpListener, UnixListener};
-use glommio::sync::Gate;
+use glommio::sync::{Gate, Semaphore};
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use tally_engine::{HotConfig, NamespaceRule, ShardConfig, SplitRegistry};
 use tally_proto::limits::{CONNECTIONS_MAX, SHARDS_MAX};
@@ -398,6 +398,7 @@ async fn run_shard(start: ShardStart) {
     // The log's durable LSN, not the engine's: reconcile's records are appended but not durable.
     shared.lsn_durable[shard as usize].store(runtime.durable.lsn_durable(), Ordering::Release);
     let commit_task = glommio::spawn_local(commit_loop(runtime.clone()));
+    let maintain_task = glommio::spawn_local(maintain_loop(runtime.clone()));
     if !pending.is_empty() {
         runtime.commit_wake.signal(1);
     }
@@ -446,6 +447,7 @@ async fn run_shard(start: ShardStart) {
     runtime.connections_drained.set(true);
     runtime.commit_wake.signal(1);
     commit_task.await;
+    maintain_task.cancel().await;
     snapshot_task.cancel().await;
     log!(Level::Debug, "shard {shard} stopped");
 }
@@ -613,11 +615,9 @@ async fn open_wal(
 /// Group commit: while records are appended and not durable, write and fdatasync them as one
 /// batch; everything appended meanwhile forms the next. At most one commit is in flight. A failed
 /// write or sync poisons the log for good (never retried: a retried fsync can report success for
-/// data the kernel already dropped). Between commits, keeps the next segment preallocated.
+/// data the kernel already dropped).
 async fn commit_loop(runtime: Rc<ShardRuntime>) {
     let shard = runtime.id;
-    let mut next_maintain = Instant::now();
-    let mut disk_full_logged = false;
     loop {
         if runtime.wal.is_poisoned() && runtime.durable.fault().is_none() {
             log!(
@@ -626,27 +626,10 @@ async fn commit_loop(runtime: Rc<ShardRuntime>) {
             );
             runtime.durable.poison(LogFault::Poisoned);
         }
-        // Keep the next segment preallocated even under sustained load (a rotation uses the spare
-        // up); without it the end of the current segment would look like a full disk.
-        let spare_needed = runtime.wal.room() == Room::DiskFull && !runtime.wal.is_disk_full();
-        if (spare_needed || Instant::now() >= next_maintain) && runtime.durable.fault().is_none() {
-            next_maintain = Instant::now() + Duration::from_millis(WAL_MAINTAIN_MS);
-            match runtime.wal.maintain(now_ms()).await {
-                Ok(()) => disk_full_logged = false,
-                Err(WalError::DiskFull) => {
-                    if !disk_full_logged {
-                        log!(
-                            Level::Error,
-                            "shard {shard}: the disk is full: writes are refused with disk_full until space returns"
-                        );
-                        disk_full_logged = true;
-                    }
-                }
-                Err(e) => {
-                    log!(Level::Error, "SHARD {shard} LOG POISONED during maintenance: {e}. This shard acks no more writes; restart tallyd.");
-                    runtime.durable.poison(LogFault::Poisoned);
-                }
-            }
+        // A rotation used the spare segment up: have the next one prepared now, not at the next
+        // maintenance tick, or the end of the current segment would look like a full disk.
+        if runtime.wal.room() == Room::DiskFull && !runtime.wal.is_disk_full() {
+            runtime.maintain_wake.signal(1);
         }
         let pending = runtime.wal.lsn_appended() > runtime.durable.lsn_durable();
         if pending && runtime.durable.fault().is_none() {
@@ -672,18 +655,54 @@ async fn commit_loop(runtime: Rc<ShardRuntime>) {
         if runtime.connections_drained.get() {
             return;
         }
-        let wake = &runtime.commit_wake;
-        let _ = futures_lite::future::or(
-            async {
-                let _ = wake.acquire(1).await;
-            },
-            glommio::timer::sleep(Duration::from_millis(WAL_MAINTAIN_MS)),
-        )
-        .await;
-        let extra = wake.available();
-        if extra > 0 {
-            let _ = wake.try_acquire(extra);
+        wait_signal_or(&runtime.commit_wake, Duration::from_millis(WAL_MAINTAIN_MS)).await;
+    }
+}
+
+/// Keeps the next segment preallocated and applies retention: every `WAL_MAINTAIN_MS`, and at
+/// once when the commit loop finds the spare used up. Runs beside the commit loop (preallocation
+/// writes a whole segment, tens of ms that acks must not wait for). Stops when the log fails.
+async fn maintain_loop(runtime: Rc<ShardRuntime>) {
+    let shard = runtime.id;
+    let mut disk_full_logged = false;
+    while runtime.durable.fault().is_none() {
+        let result = runtime.wal.maintain(now_ms()).await;
+        // Writes waiting for the next segment look again: it is ready, or the disk is full.
+        runtime.durable.notify();
+        match result {
+            Ok(()) => disk_full_logged = false,
+            Err(WalError::DiskFull) => {
+                if !disk_full_logged {
+                    log!(
+                        Level::Error,
+                        "shard {shard}: the disk is full: writes are refused with disk_full until space returns"
+                    );
+                    disk_full_logged = true;
+                }
+            }
+            Err(e) => {
+                log!(Level::Error, "SHARD {shard} LOG POISONED during maintenance: {e}. This shard acks no more writes; restart tallyd.");
+                runtime.durable.poison(LogFault::Poisoned);
+                return;
+            }
         }
+        wait_signal_or(&runtime.maintain_wake, Duration::from_millis(WAL_MAINTAIN_MS)).await;
+    }
+}
+
+/// Waits for a signal on `wake` or for `timeout`, then takes every permit signalled meanwhile
+/// (signals are wake-ups, not counts).
+async fn wait_signal_or(wake: &Semaphore, timeout: Duration) {
+    let _ = futures_lite::future::or(
+        async {
+            let _ = wake.acquire(1).await;
+        },
+        glommio::timer::sleep(timeout),
+    )
+    .await;
+    let extra = wake.available();
+    if extra > 0 {
+        let _ = wake.try_acquire(extra);
     }
 }
 

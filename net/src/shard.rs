@@ -75,6 +75,8 @@ pub struct ShardRuntime {
     pub durable: DurableWatch,
     /// Signalled when records were appended: the commit loop wakes to write them.
     pub commit_wake: Semaphore,
+    /// Signalled when the next segment is needed now: the maintenance task wakes to prepare it.
+    pub maintain_wake: Semaphore,
     /// Set once every connection of this shard has been answered during shutdown.
     pub connections_drained: Cell<bool>,
 }
@@ -105,6 +107,7 @@ impl ShardRuntime {
             durable: DurableWatch::new(wal.lsn_durable()),
             wal,
             commit_wake: Semaphore::new(0),
+            maintain_wake: Semaphore::new(0),
             connections_drained: Cell::new(false),
         }
     }
@@ -237,6 +240,12 @@ impl ShardRuntime {
                 }
                 match self.wal.room() {
                     Room::Ready => break,
+                    // The next segment is not ready yet but the disk was not found full: it is
+                    // being prepared (a few ms); wait for it rather than refuse.
+                    Room::DiskFull if !self.wal.is_disk_full() => {
+                        self.maintain_wake.signal(1);
+                        self.durable.changed().await;
+                    }
                     Room::DiskFull => {
                         return self.refuse_write(
                             op,

@@ -7,7 +7,7 @@ use std::rc::Rc;
 
 use glommio::io::{Directory, DmaFile, OpenOptions};
 
-use crate::limits::BLOCK_BYTES;
+use crate::limits::{BLOCK_BYTES, ZERO_FILL_CHUNK_BYTES};
 use crate::storage::Storage;
 
 /// One shard directory on disk. Must be created and used on a glommio executor.
@@ -45,6 +45,22 @@ impl Storage for DmaStorage {
         // fallocate without KEEP_SIZE: the blocks are reserved (ENOSPC shows up now, not at a later
         // write) and read as zeros.
         file.pre_allocate(size_bytes, false).await?;
+        // fallocate leaves the extents "unwritten": the first write into each one converts it, a
+        // metadata change that makes the next fdatasync commit the journal (measured here: 374 us
+        // median per 8 KiB write+fdatasync into a fallocated file, 203 us once it was zeroed).
+        // Writing the zeros now, off the commit path, makes every later commit a pure data write.
+        let chunk = ZERO_FILL_CHUNK_BYTES.min(size_bytes.next_multiple_of(BLOCK_BYTES)) as usize;
+        let mut offset = 0u64;
+        while offset < size_bytes {
+            let len = chunk.min((size_bytes - offset).next_multiple_of(BLOCK_BYTES) as usize);
+            let mut buf = file.alloc_dma_buffer(len);
+            buf.as_bytes_mut().fill(0);
+            let written = file.write_at(buf, offset).await?;
+            if written == 0 {
+                return Err(io::Error::new(io::ErrorKind::WriteZero, "zero fill wrote nothing"));
+            }
+            offset += written as u64;
+        }
         Ok(Rc::new(file))
     }
 

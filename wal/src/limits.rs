@@ -56,6 +56,11 @@ pub const CLIENT_BYTES_MAX: usize = 255;
 /// the snapshot (10M counters are a few hundred MB).
 pub const SNAPSHOT_CHUNK_BYTES: u64 = 1 << 20;
 
+/// Bytes of zeros per write when a new segment is filled (`DmaStorage::create`): 1 MiB writes
+/// reach this disk's sequential bandwidth (64 MiB in about 70 ms), and one buffer of this size is
+/// all the direct-I/O memory the fill takes.
+pub const ZERO_FILL_CHUNK_BYTES: u64 = 1 << 20;
+
 /// Snapshots kept on disk: the newest and the one before it, so a snapshot damaged on disk falls back
 /// to the previous one, whose log tail retention therefore keeps.
 pub const SNAPSHOTS_KEPT: usize = 2;

@@ -20,7 +20,9 @@ pub trait Storage {
 
     /// Creates `name` (replacing any file of that name) `size_bytes` long, allocated on disk and
     /// reading as zeros. Fails with ENOSPC when the space is not there. The new directory entry is
-    /// durable after `sync_dir`.
+    /// durable after `sync_dir`. Real storage writes the zeros too (see `DmaStorage::create`), so
+    /// that later writes into the file change no metadata and their fdatasync has no journal to
+    /// commit.
     async fn create(&self, name: &str, size_bytes: u64) -> io::Result<Self::File>;
     /// Opens an existing file for writing.
     async fn open(&self, name: &str) -> io::Result<Self::File>;

@@ -99,7 +99,8 @@ impl Drop for Busy<'_> {
 ///
 /// Use: `append` (or the `LogSink` impl on `&Wal`) for each record as the engine applies ops;
 /// `commit_batch` from the group-commit loop, one at a time, acking the ops up to the lsn it returns;
-/// `maintain` when idle (preallocates the next segment, applies retention); `write_snapshot` with
+/// `maintain` from a task of its own (preallocates the next segment, applies retention; it may run
+/// while a commit is in flight, so a slow preallocation never holds acks back); `write_snapshot` with
 /// the engine's state as of a durable lsn. Before applying an op, check `room()`.
 #[derive(Debug)]
 pub struct Wal<S: Storage> {
@@ -110,6 +111,7 @@ pub struct Wal<S: Storage> {
     state: RefCell<State<S::File>>,
     poisoned: Cell<bool>,
     committing: Cell<bool>,
+    maintaining: Cell<bool>,
     snapshotting: Cell<bool>,
 }
 
@@ -205,6 +207,7 @@ impl<S: Storage> Wal<S> {
             config,
             poisoned: Cell::new(false),
             committing: Cell::new(false),
+            maintaining: Cell::new(false),
             snapshotting: Cell::new(false),
         };
         match wal.prepare_next_segment().await {
@@ -291,6 +294,12 @@ impl<S: Storage> Wal<S> {
         assert_eq!(*range.start(), sealed.first_lsn);
         assert_eq!(*range.end(), sealed.last_lsn);
         let result = self.write_batch(&sealed).await;
+        // Maintenance runs beside commits; if it poisoned the log meanwhile, ack nothing more, even
+        // this batch whose own sync succeeded (not acking a durable record is always safe).
+        let result = match result {
+            Ok(()) if self.poisoned.get() => Err(WalError::Poisoned),
+            other => other,
+        };
         let synced = result.is_ok();
         let lsn_durable = self.commit.borrow_mut().done(synced);
         match result {
@@ -371,14 +380,18 @@ impl<S: Storage> Wal<S> {
         Ok(())
     }
 
-    /// Background upkeep, run by the commit loop between commits: preallocates the next segment if
-    /// there is none (returns `DiskFull` when the space is not there; not fatal, try again later),
-    /// then deletes segments past retention.
+    /// Background upkeep: preallocates the next segment if there is none (returns `DiskFull` when
+    /// the space is not there; not fatal, try again later), then deletes segments past retention.
+    ///
+    /// May run while `commit_batch` is in flight: it works only on the spare file (which no commit
+    /// touches until it is granted, at the very end) and on segments older than the current one.
+    /// Preallocation writes the whole segment (see `Storage::create`), which takes tens of ms for
+    /// 64 MiB; commits carry on meanwhile.
     pub async fn maintain(&self, now_ms: u64) -> Result<(), WalError> {
         if self.poisoned.get() {
             return Err(WalError::Poisoned);
         }
-        let _busy = Busy::enter(&self.committing, "maintain");
+        let _busy = Busy::enter(&self.maintaining, "maintain");
         let prepared = self.prepare_next_segment().await;
         self.apply_retention(now_ms).await?;
         prepared

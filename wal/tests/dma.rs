@@ -155,3 +155,79 @@ fn a_flipped_bit_in_a_middle_batch_of_a_real_segment_is_corruption() {
     }
     assert_eq!(offset % BLOCK_BYTES, 0);
 }
+
+/// FIEMAP's flag for an extent that is allocated but never written (reads as zeros; the first write
+/// into it is a metadata change).
+const FIEMAP_EXTENT_UNWRITTEN: u32 = 0x800;
+const FS_IOC_FIEMAP: libc::c_ulong = 0xC020_660B;
+const FIEMAP_FLAG_SYNC: u32 = 1;
+
+/// The extents of `path` as (length, flags), or None where the file system has no FIEMAP.
+fn extents(path: &Path) -> Option<Vec<(u64, u32)>> {
+    use std::os::fd::AsRawFd;
+    const EXTENTS_MAX: usize = 64;
+    // struct fiemap (32 bytes) followed by EXTENTS_MAX struct fiemap_extent (56 bytes each).
+    let mut buf = vec![0u64; (32 + 56 * EXTENTS_MAX) / 8];
+    let bytes = buf.as_mut_ptr() as *mut u8;
+    // SAFETY: the buffer is large enough for the header and EXTENTS_MAX extents and 8-aligned.
+    unsafe {
+        let header = bytes as *mut u64;
+        *header = 0; // fm_start
+        *header.add(1) = u64::MAX; // fm_length
+        let words = bytes.add(16) as *mut u32;
+        *words = FIEMAP_FLAG_SYNC; // fm_flags
+        *words.add(2) = EXTENTS_MAX as u32; // fm_extent_count
+    }
+    let file = std::fs::File::open(path).unwrap();
+    // SAFETY: FS_IOC_FIEMAP reads and fills the buffer laid out above.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), FS_IOC_FIEMAP, bytes) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: the kernel filled fm_mapped_extents and that many extents.
+    unsafe {
+        let mapped = *(bytes.add(20) as *const u32) as usize;
+        Some(
+            (0..mapped.min(EXTENTS_MAX))
+                .map(|i| {
+                    let extent = bytes.add(32 + 56 * i);
+                    (*(extent.add(16) as *const u64), *(extent.add(40) as *const u32))
+                })
+                .collect(),
+        )
+    }
+}
+
+#[test]
+fn a_new_segment_file_is_written_with_zeros_so_commits_change_no_metadata() {
+    use tally_wal::Storage;
+    let dir = TempDir::new("zero-fill");
+    let size = 2u64 << 20;
+    let path = dir.0.clone();
+    LocalExecutorBuilder::new(Placement::Unbound)
+        .io_memory(1 << 20)
+        .spawn(move || async move {
+            let storage = DmaStorage::open(&path).await.unwrap();
+            let file = storage.create("next.wal.pre", size).await.unwrap();
+            storage.sync(&file).await.unwrap();
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    let file = dir.0.join("next.wal.pre");
+    let bytes = std::fs::read(&file).unwrap();
+    assert_eq!(bytes.len() as u64, size);
+    assert!(bytes.iter().all(|&b| b == 0));
+    // Only where the file system reports extents (ext4, xfs here; not tmpfs).
+    if let Some(extents) = extents(&file) {
+        assert!(!extents.is_empty(), "a preallocated file has extents");
+        assert_eq!(extents.iter().map(|e| e.0).sum::<u64>(), size);
+        for (len, flags) in extents {
+            assert_eq!(
+                flags & FIEMAP_EXTENT_UNWRITTEN,
+                0,
+                "an unwritten extent of {len} bytes is left"
+            );
+        }
+    }
+}
