@@ -53,8 +53,12 @@ pub struct ShardFigures {
     pub ops_forwarded_out: u64,
     pub ops_forwarded_in: u64,
     pub wal_commits: u64,
+    /// Microseconds spent in commits (write + fdatasync, as this shard saw them), summed.
+    pub wal_commit_us: u64,
     pub wal_records: u64,
     pub lsn_durable: u64,
+    /// The last lsn in the log's buffers (durable or not); above `lsn_durable` while a commit is due.
+    pub lsn_appended: u64,
     pub log_poisoned: bool,
     pub disk_full: bool,
     pub snapshots: u64,
@@ -65,7 +69,7 @@ impl ShardFigures {
     pub fn push_figures(&self, out: &mut Vec<(String, i64)>) {
         let s = self.shard;
         let e = &self.engine;
-        let figures: [(&str, u64); 17] = [
+        let figures: [(&str, u64); 19] = [
             ("counters", e.counters),
             ("strict_counters", e.strict_counters),
             ("split_owned", e.split_owned),
@@ -78,8 +82,10 @@ impl ShardFigures {
             ("ops_forwarded_out", self.ops_forwarded_out),
             ("ops_forwarded_in", self.ops_forwarded_in),
             ("wal_commits", self.wal_commits),
+            ("wal_commit_us", self.wal_commit_us),
             ("wal_records", self.wal_records),
             ("lsn_durable", self.lsn_durable),
+            ("lsn_appended", self.lsn_appended),
             ("log_poisoned", u64::from(self.log_poisoned)),
             ("disk_full", u64::from(self.disk_full)),
             ("snapshots", self.snapshots),

@@ -634,12 +634,15 @@ async fn commit_loop(runtime: Rc<ShardRuntime>) {
         let pending = runtime.wal.lsn_appended() > runtime.durable.lsn_durable();
         if pending && runtime.durable.fault().is_none() {
             let records = runtime.wal.lsn_appended() - runtime.durable.lsn_durable();
+            let started = Instant::now();
             match runtime.wal.commit_batch(now_ms()).await {
                 Ok(lsn) => {
                     runtime.durable.advance(lsn);
                     runtime.node.lsn_durable[shard as usize].store(lsn, Ordering::Release);
                     let counters = &runtime.counters;
                     counters.wal_commits.set(counters.wal_commits.get() + 1);
+                    let us = started.elapsed().as_micros() as u64;
+                    counters.wal_commit_us.set(counters.wal_commit_us.get() + us);
                     counters.wal_records.set(counters.wal_records.get() + records);
                 }
                 Err(e) => {

@@ -52,6 +52,7 @@ pub struct ShardCounters {
     pub ops_forwarded_out: Cell<u64>,
     pub ops_forwarded_in: Cell<u64>,
     pub wal_commits: Cell<u64>,
+    pub wal_commit_us: Cell<u64>,
     pub wal_records: Cell<u64>,
     pub snapshots: Cell<u64>,
 }
@@ -216,8 +217,10 @@ impl ShardRuntime {
             ops_forwarded_out: self.counters.ops_forwarded_out.get(),
             ops_forwarded_in: self.counters.ops_forwarded_in.get(),
             wal_commits: self.counters.wal_commits.get(),
+            wal_commit_us: self.counters.wal_commit_us.get(),
             wal_records: self.counters.wal_records.get(),
             lsn_durable: self.durable.lsn_durable(),
+            lsn_appended: self.wal.lsn_appended(),
             log_poisoned: self.durable.fault().is_some(),
             disk_full: self.wal.is_disk_full(),
             snapshots: self.counters.snapshots.get(),
