@@ -318,3 +318,199 @@ impl Promotion {
         vec![PromotionCommand::Failed(error)]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use PromotionCommand::*;
+
+    fn pos(epoch_last: u64, lsn: u64) -> StreamPosition {
+        StreamPosition {
+            epoch_last,
+            lsn_durable: lsn,
+            lsn_appended: lsn,
+        }
+    }
+
+    fn history() -> EpochHistory {
+        let mut h = EpochHistory::new();
+        h.push(1, vec![1, 1]);
+        h
+    }
+
+    fn replica(lsns: [u64; 2]) -> Replica {
+        Replica::new(7, 1, history(), lsns.iter().map(|&lsn| pos(1, lsn)).collect())
+    }
+
+    fn fence(epoch: u64) -> Message {
+        Message::Fence(Fence {
+            epoch_new: epoch,
+            node_id: 7,
+            primary_new: "b:7000".into(),
+        })
+    }
+
+    fn reply(epoch: u64, lsns: [u64; 2]) -> FenceReply {
+        FenceReply {
+            node_id: 8,
+            epoch,
+            streams: lsns.iter().map(|&lsn| pos(1, lsn)).collect(),
+        }
+    }
+
+    fn become_primary(epoch: u64, lsn_last: Vec<u64>) -> PromotionCommand {
+        let mut h = history();
+        h.push(epoch, lsn_last.iter().map(|l| l + 1).collect());
+        BecomePrimary {
+            epoch,
+            lsn_last,
+            history: h,
+        }
+    }
+
+    #[test]
+    fn alone_it_becomes_primary_at_once_with_a_higher_epoch() {
+        let mut r = replica([5, 9]);
+        let (p, commands, _) = Promotion::start(&mut r, "b:7000", 3, 0, false, 1000);
+        assert_eq!(commands, vec![PersistEpoch { epoch: 4 }, become_primary(4, vec![5, 9])]);
+        assert_eq!(p.state(), PromotionState::Done);
+        assert_eq!(r.epoch(), 4);
+    }
+
+    #[test]
+    fn it_fences_every_peer_then_fetches_what_the_most_advanced_one_has() {
+        let mut r = replica([5, 9]);
+        let (mut p, commands, _) = Promotion::start(&mut r, "b:7000", 1, 2, false, 1000);
+        assert_eq!(
+            commands,
+            vec![
+                PersistEpoch { epoch: 2 },
+                Send {
+                    peer: 0,
+                    message: fence(2)
+                },
+                Send {
+                    peer: 1,
+                    message: fence(2)
+                },
+            ]
+        );
+        assert_eq!(p.fence_reply(0, &reply(2, [4, 12])), vec![], "waits for every peer");
+        assert_eq!(
+            p.fence_reply(1, &reply(2, [8, 10])),
+            vec![
+                Send {
+                    peer: 1,
+                    message: Message::Fetch(Fetch {
+                        shard: 0,
+                        epoch: 2,
+                        lsn_from: 6,
+                        lsn_to: 8
+                    })
+                },
+                Send {
+                    peer: 0,
+                    message: Message::Fetch(Fetch {
+                        shard: 1,
+                        epoch: 2,
+                        lsn_from: 10,
+                        lsn_to: 12
+                    })
+                },
+            ]
+        );
+        assert_eq!(p.local_synced(0, 8), vec![]);
+        assert_eq!(p.local_synced(1, 11), vec![]);
+        assert_eq!(p.local_synced(1, 12), vec![become_primary(2, vec![8, 12])]);
+    }
+
+    #[test]
+    fn a_silent_peer_fails_the_promotion_at_the_deadline_unless_forced() {
+        let mut r = replica([5, 9]);
+        let (mut p, _, _) = Promotion::start(&mut r, "b:7000", 1, 2, false, 1000);
+        p.fence_reply(0, &reply(2, [5, 9]));
+        assert_eq!(p.tick(999), vec![]);
+        assert_eq!(
+            p.tick(1000),
+            vec![Failed(ReplicateError::PeersUnreachable {
+                epoch: 2,
+                peers: vec![1]
+            })]
+        );
+        assert_eq!(p.tick(2000), vec![], "fails once");
+
+        let mut r = replica([5, 9]);
+        let (mut p, _, _) = Promotion::start(&mut r, "b:7000", 1, 2, true, 1000);
+        p.fence_reply(0, &reply(2, [6, 9]));
+        assert_eq!(
+            p.tick(1000),
+            vec![Send {
+                peer: 0,
+                message: Message::Fetch(Fetch {
+                    shard: 0,
+                    epoch: 2,
+                    lsn_from: 6,
+                    lsn_to: 6
+                })
+            }]
+        );
+        assert_eq!(p.local_synced(0, 6), vec![become_primary(2, vec![6, 9])]);
+    }
+
+    #[test]
+    fn an_unfinished_fetch_fails_at_the_deadline() {
+        let mut r = replica([5, 9]);
+        let (mut p, _, _) = Promotion::start(&mut r, "b:7000", 1, 1, true, 1000);
+        p.fence_reply(0, &reply(2, [7, 9]));
+        p.local_synced(0, 6);
+        assert_eq!(
+            p.tick(1000),
+            vec![Failed(ReplicateError::FetchIncomplete {
+                epoch: 2,
+                shard: 0,
+                lsn_have: 6,
+                lsn_target: 7
+            })]
+        );
+    }
+
+    #[test]
+    fn a_peer_that_knows_a_higher_epoch_ends_the_promotion() {
+        let mut r = replica([5, 9]);
+        let (mut p, _, _) = Promotion::start(&mut r, "b:7000", 1, 2, false, 1000);
+        assert_eq!(
+            p.fenced(
+                1,
+                &Fenced {
+                    epoch: 2,
+                    primary: "c:7000".into()
+                }
+            ),
+            vec![Failed(ReplicateError::Superseded {
+                epoch: 2,
+                primary: "c:7000".into()
+            })]
+        );
+        assert_eq!(p.fence_reply(0, &reply(2, [5, 9])), vec![]);
+    }
+
+    #[test]
+    fn a_lost_source_is_replaced_by_another_peer_that_has_the_records() {
+        let mut r = replica([5, 9]);
+        let (mut p, _, _) = Promotion::start(&mut r, "b:7000", 1, 2, false, 1000);
+        p.fence_reply(0, &reply(2, [8, 9]));
+        p.fence_reply(1, &reply(2, [8, 9]));
+        assert_eq!(
+            p.peer_lost(0),
+            vec![Send {
+                peer: 1,
+                message: Message::Fetch(Fetch {
+                    shard: 0,
+                    epoch: 2,
+                    lsn_from: 6,
+                    lsn_to: 8
+                })
+            }]
+        );
+    }
+}

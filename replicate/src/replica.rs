@@ -301,3 +301,365 @@ impl Replica {
         }))]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::{Ack, Fence, Fetch, Need, SnapshotChunk, SnapshotEnd};
+    use crate::records::RecordsEncoder;
+    use tally_engine::LogRecord;
+    use ReplicaCommand::*;
+
+    const PRIMARY: u128 = 1;
+
+    fn ship(epoch: u64, lsn_first: u64, lsn_last: u64) -> Ship {
+        let mut enc = RecordsEncoder::new();
+        for lsn in lsn_first..=lsn_last {
+            enc.push(&LogRecord::Incr {
+                name: b"views",
+                name_id: 0,
+                delta: lsn as i64,
+                key: None,
+            });
+        }
+        Ship {
+            shard: 0,
+            epoch,
+            lsn_first,
+            lsn_last,
+            time_ms: 1000,
+            records: enc.take(),
+        }
+    }
+
+    fn hello(epoch: u64) -> Message {
+        Message::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            node_id: PRIMARY,
+            epoch,
+            role: Role::Primary,
+            shards: 1,
+            addr: "p:7000".into(),
+            history: EpochHistory::new(),
+        })
+    }
+
+    fn ack(epoch: u64, lsn: u64) -> ReplicaCommand {
+        ToPrimary(Message::Ack(Ack {
+            shard: 0,
+            epoch,
+            lsn_durable: lsn,
+        }))
+    }
+
+    fn need(epoch: u64, lsn_from: u64) -> ReplicaCommand {
+        ToPrimary(Message::Need(Need {
+            shard: 0,
+            epoch,
+            lsn_from,
+        }))
+    }
+
+    fn append(epoch: u64, lsn_from: u64, ship: Ship) -> ReplicaCommand {
+        Append {
+            shard: 0,
+            epoch,
+            lsn_from,
+            ship,
+        }
+    }
+
+    fn pos(epoch_last: u64, lsn_durable: u64, lsn_appended: u64) -> StreamPosition {
+        StreamPosition {
+            epoch_last,
+            lsn_durable,
+            lsn_appended,
+        }
+    }
+
+    /// A one-stream replica at epoch 1 that has greeted the primary.
+    fn following() -> Replica {
+        let mut r = Replica::new(9, 1, EpochHistory::new(), vec![StreamPosition::default()]);
+        r.on_message(hello(1)).unwrap();
+        r
+    }
+
+    #[test]
+    fn hello_adopts_a_higher_epoch_durably_before_replying() {
+        let mut r = Replica::new(9, 1, EpochHistory::new(), vec![pos(1, 4, 4)]);
+        assert_eq!(
+            r.on_message(hello(2)),
+            Ok(vec![
+                PersistEpoch { epoch: 2 },
+                Reply(Message::HelloReply(HelloReply {
+                    node_id: 9,
+                    epoch: 2,
+                    streams: vec![pos(1, 4, 4)],
+                }))
+            ])
+        );
+        assert_eq!(r.primary(), Some("p:7000"));
+    }
+
+    #[test]
+    fn hello_from_an_older_epoch_or_a_second_primary_is_fenced() {
+        let mut r = following();
+        r.on_message(hello(3)).unwrap();
+        let fenced = Ok(vec![Reply(Message::Fenced(Fenced {
+            epoch: 3,
+            primary: "p:7000".into(),
+        }))]);
+        assert_eq!(r.on_message(hello(2)), fenced);
+        let Message::Hello(mut other) = hello(3) else {
+            unreachable!()
+        };
+        other.node_id = 77;
+        assert_eq!(r.on_message(Message::Hello(other)), fenced);
+    }
+
+    #[test]
+    fn a_hello_with_another_shard_count_is_refused() {
+        let mut r = following();
+        let Message::Hello(mut h) = hello(1) else {
+            unreachable!()
+        };
+        h.shards = 2;
+        assert!(matches!(
+            r.on_message(Message::Hello(h)),
+            Err(ReplicateError::Protocol { .. })
+        ));
+    }
+
+    #[test]
+    fn records_are_appended_in_order_and_acked_only_after_sync() {
+        let mut r = following();
+        let s = ship(1, 1, 3);
+        assert_eq!(r.on_message(Message::Ship(s.clone())), Ok(vec![append(1, 1, s)]));
+        assert_eq!(r.positions(), vec![pos(1, 0, 3)]);
+        assert_eq!(r.synced(0, 3), vec![ack(1, 3)]);
+        assert_eq!(r.synced(0, 3), vec![], "a repeated sync acks nothing new");
+    }
+
+    #[test]
+    fn a_duplicate_is_re_acked_and_an_overlap_appends_only_its_suffix() {
+        let mut r = following();
+        r.on_message(Message::Ship(ship(1, 1, 3))).unwrap();
+        r.synced(0, 2);
+        assert_eq!(r.on_message(Message::Ship(ship(1, 2, 3))), Ok(vec![ack(1, 2)]));
+        let s = ship(1, 2, 5);
+        assert_eq!(r.on_message(Message::Ship(s.clone())), Ok(vec![append(1, 4, s)]));
+    }
+
+    #[test]
+    fn a_gap_asks_once_until_progress_or_timeout() {
+        let mut r = following();
+        assert_eq!(r.on_message(Message::Ship(ship(1, 3, 4))), Ok(vec![need(1, 1)]));
+        assert_eq!(r.on_message(Message::Ship(ship(1, 5, 6))), Ok(vec![]), "no Need storm");
+        assert_eq!(r.need_timeout(0), vec![need(1, 1)]);
+        let s = ship(1, 1, 2);
+        assert_eq!(r.on_message(Message::Ship(s.clone())), Ok(vec![append(1, 1, s)]));
+        assert_eq!(r.need_timeout(0), vec![], "progress answered the Need");
+        assert_eq!(r.on_message(Message::Ship(ship(1, 5, 6))), Ok(vec![need(1, 3)]));
+    }
+
+    #[test]
+    fn a_corrupt_frame_asks_every_stream_once() {
+        let mut r = Replica::new(9, 1, EpochHistory::new(), vec![pos(1, 2, 2), pos(1, 0, 0)]);
+        let expected = vec![
+            need(1, 3),
+            ToPrimary(Message::Need(Need {
+                shard: 1,
+                epoch: 1,
+                lsn_from: 1,
+            })),
+        ];
+        assert_eq!(r.frame_corrupt(), expected);
+        assert_eq!(r.frame_corrupt(), vec![]);
+    }
+
+    #[test]
+    fn a_checksummed_but_undecodable_ship_is_never_appended() {
+        let mut r = following();
+        let mut s = ship(1, 1, 2);
+        s.lsn_last = 3;
+        assert_eq!(r.on_message(Message::Ship(s)), Ok(vec![need(1, 1)]));
+        assert_eq!(r.positions(), vec![pos(0, 0, 0)]);
+    }
+
+    #[test]
+    fn ships_of_an_older_epoch_are_fenced_and_a_newer_epoch_is_adopted() {
+        let mut r = following();
+        r.on_message(hello(2)).unwrap();
+        assert_eq!(
+            r.on_message(Message::Ship(ship(1, 1, 1))),
+            Ok(vec![Reply(Message::Fenced(Fenced {
+                epoch: 2,
+                primary: "p:7000".into()
+            }))])
+        );
+        let s = ship(3, 1, 1);
+        assert_eq!(
+            r.on_message(Message::Ship(s.clone())),
+            Ok(vec![PersistEpoch { epoch: 3 }, append(3, 1, s)])
+        );
+        assert_eq!(r.synced(0, 1), vec![ack(3, 1)]);
+        assert_eq!(r.positions(), vec![pos(3, 1, 1)]);
+    }
+
+    fn begin(lsn: u64, total: u64) -> Message {
+        Message::SnapshotBegin(crate::message::SnapshotBegin {
+            shard: 0,
+            epoch: 1,
+            lsn,
+            total_bytes: total,
+        })
+    }
+
+    fn chunk(lsn: u64, offset: u64, bytes: &[u8]) -> Message {
+        Message::SnapshotChunk(SnapshotChunk {
+            shard: 0,
+            epoch: 1,
+            lsn,
+            offset,
+            bytes: bytes.to_vec(),
+        })
+    }
+
+    fn end(lsn: u64, total: u64, body: &[u8]) -> Message {
+        Message::SnapshotEnd(SnapshotEnd {
+            shard: 0,
+            epoch: 1,
+            lsn,
+            total_bytes: total,
+            crc: crc32c::crc32c(body),
+        })
+    }
+
+    #[test]
+    fn a_snapshot_is_installed_after_its_offsets_and_crc_check() {
+        let mut r = following();
+        r.on_message(Message::Ship(ship(1, 1, 3))).unwrap();
+        r.synced(0, 3);
+        assert_eq!(
+            r.on_message(begin(50, 6)),
+            Ok(vec![SnapshotBegin {
+                shard: 0,
+                lsn: 50,
+                total_bytes: 6
+            }])
+        );
+        assert_eq!(
+            r.on_message(chunk(50, 0, b"abc")),
+            Ok(vec![SnapshotWrite {
+                shard: 0,
+                offset: 0,
+                bytes: b"abc".to_vec()
+            }])
+        );
+        r.on_message(chunk(50, 3, b"def")).unwrap();
+        assert_eq!(
+            r.on_message(end(50, 6, b"abcdef")),
+            Ok(vec![SnapshotInstall { shard: 0, lsn: 50 }])
+        );
+        assert_eq!(r.snapshot_installed(0, 50), vec![ack(1, 50)]);
+        let s = ship(1, 51, 51);
+        assert_eq!(r.on_message(Message::Ship(s.clone())), Ok(vec![append(1, 51, s)]));
+    }
+
+    #[test]
+    fn a_snapshot_with_a_wrong_offset_or_crc_is_dropped_and_asked_again() {
+        let mut r = following();
+        r.on_message(begin(50, 6)).unwrap();
+        assert_eq!(
+            r.on_message(chunk(50, 3, b"def")),
+            Ok(vec![SnapshotAbort { shard: 0 }, need(1, 1)])
+        );
+        r.on_message(begin(50, 3)).unwrap();
+        r.on_message(chunk(50, 0, b"abc")).unwrap();
+        assert_eq!(
+            r.on_message(end(50, 3, b"abX")),
+            Ok(vec![SnapshotAbort { shard: 0 }, need(1, 1)])
+        );
+        assert_eq!(r.positions(), vec![pos(0, 0, 0)]);
+    }
+
+    fn fence(epoch_new: u64) -> Message {
+        Message::Fence(Fence {
+            epoch_new,
+            node_id: 5,
+            primary_new: "b:7000".into(),
+        })
+    }
+
+    #[test]
+    fn a_fence_reply_waits_for_the_old_primarys_appends_to_be_durable() {
+        let mut r = following();
+        r.on_message(Message::Ship(ship(1, 1, 4))).unwrap();
+        r.synced(0, 2);
+        assert_eq!(r.on_message(fence(2)), Ok(vec![PersistEpoch { epoch: 2 }]));
+        assert_eq!(
+            r.on_message(Message::Ship(ship(1, 5, 5))),
+            Ok(vec![Reply(Message::Fenced(Fenced {
+                epoch: 2,
+                primary: "b:7000".into()
+            }))]),
+            "the old primary is refused from now on"
+        );
+        assert_eq!(
+            r.synced(0, 4),
+            vec![
+                ack(2, 4),
+                ToPrimary(Message::FenceReply(FenceReply {
+                    node_id: 9,
+                    epoch: 2,
+                    streams: vec![pos(1, 4, 4)],
+                }))
+            ]
+        );
+        assert_eq!(
+            r.on_message(fence(2)),
+            Ok(vec![Reply(Message::Fenced(Fenced {
+                epoch: 2,
+                primary: "b:7000".into()
+            }))]),
+            "a second promoter at the same epoch loses"
+        );
+    }
+
+    #[test]
+    fn a_fetch_is_served_up_to_the_durable_lsn_of_the_fencing_epoch() {
+        let mut r = following();
+        r.on_message(Message::Ship(ship(1, 1, 4))).unwrap();
+        r.synced(0, 4);
+        r.on_message(fence(2)).unwrap();
+        let fetch = |epoch, lsn_to| {
+            Message::Fetch(Fetch {
+                shard: 0,
+                epoch,
+                lsn_from: 2,
+                lsn_to,
+            })
+        };
+        assert_eq!(
+            r.on_message(fetch(2, 9)),
+            Ok(vec![ServeFetch {
+                shard: 0,
+                epoch: 2,
+                lsn_from: 2,
+                lsn_to: 4
+            }])
+        );
+        assert!(matches!(
+            r.on_message(fetch(3, 4)),
+            Err(ReplicateError::Protocol { .. })
+        ));
+        assert!(matches!(
+            r.on_message(Message::Ack(Ack {
+                shard: 0,
+                epoch: 2,
+                lsn_durable: 1
+            })),
+            Err(ReplicateError::Protocol { .. })
+        ));
+    }
+}
