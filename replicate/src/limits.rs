@@ -65,5 +65,5 @@ const _: () = assert!(SNAPSHOT_CHUNK_BYTES_MAX + 64 <= FRAME_BODY_BYTES_MAX);
 const _: () = assert!(FRAME_BODY_BYTES_MAX <= u32::MAX as usize);
 // A str8 holds an address.
 const _: () = assert!(ADDR_BYTES_MAX <= u8::MAX as usize);
-// A send is at most one frame.
+// A send is at most one frame's worth of records (bytes may split it into several frames).
 const _: () = assert!(SEND_RECORDS_MAX <= SHIP_RECORDS_MAX);
