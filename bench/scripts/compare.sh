@@ -74,6 +74,9 @@ run redis-always-mix90 redis "${COMMON[@]}" --pipeline 16 --mix incr=90,get=10
 run tally-reads tally "${COMMON[@]}" --pipeline 16 --mix incr=10,get=90
 run redis-always-reads redis "${COMMON[@]}" --pipeline 16 --mix incr=10,get=90
 run tally-strict tally --connections 50 --pipeline 16 --mix add=100 --strict-names 1
+# Beside the equal-work rows: Tally's batching (64 ops per frame) on the two one-counter targets.
+run tally-hot-batch64 tally --connections 50 --pipeline 16 --dist hot --batch 64
+run tally-strict-batch64 tally --connections 50 --pipeline 16 --mix add=100 --strict-names 1 --batch 64
 run redis-always-strict redis --connections 50 --pipeline 16 --mix add=100 --strict-names 1
 
 # Open loop at half of each server's own closed-loop peak at depth 16.
@@ -116,7 +119,8 @@ for label, t, r, key, sub in rows:
     ratio = f"{tv / rv:.2f}" if tv and rv else "-"
     print(f"{label:<44} {tv if tv is not None else '-':>12} {rv if rv is not None else '-':>13} {ratio:>7}")
 print()
-for name in ["tally-d16-forwarded", "tally-d16-batch64", "redis-everysec-d16", "redis-no-d16"]:
+for name in ["tally-d16-forwarded", "tally-d16-batch64", "tally-hot-batch64", "tally-strict-batch64",
+             "redis-everysec-d16", "redis-no-d16"]:
     run = load(name)
     if run:
         print(f"{name:<44} {run['ops_per_sec']:>12} ops/s  p99 {run['latency_us']['p99']} µs")

@@ -1,18 +1,22 @@
-//! Log records: the engine's `LogRecord` and their byte encoding inside a batch body.
+//! Log records: the engine's `LogRecord` and their byte encoding as entries.
 //!
 //! The record types are the engine's (`tally_engine::{Keyed, LogRecord, LogSink}`); this crate owns
-//! only their bytes.
+//! only their bytes. The entry codec (`encode_define_name`, `encode_record`, `decode_entry`) is
+//! public because replication ships records in the same layout (`tally_replicate::records`).
 //!
 //! Encoding of one entry (all integers little-endian or varints, see `varint`):
 //!
 //! ```text
 //! tag u8          low 6 bits: entry type; bit 7: a 16-byte idempotency key follows (INCR, ADD_BOUNDED)
-//! name_ref varint the name's id in this segment's dictionary (not for DEFINE_NAME)
+//! name_ref varint the name's id in the dictionary (not for DEFINE_NAME)
 //! fields          per type, see `encode_record`
 //! ```
 //!
 //! A DEFINE_NAME entry (`tag = 0x3f`, dictionary id varint, name length u8, name bytes) precedes the
-//! first record of a name in a segment; it is not a record and takes no lsn.
+//! first record of a name in the dictionary's scope; it is not a record and takes no lsn. The scope
+//! is the caller's: the encoder side remembers which names it defined, the decoder side keeps a
+//! `NameDictionary`. The WAL keeps one per segment (docs/wal.md, "Dictionary"); replication one per
+//! Ship frame (docs/replication.md). Nothing else differs.
 
 use crate::error::{invalid, WalError};
 use crate::limits::{CLIENT_BYTES_MAX, NAME_BYTES_MAX, REASON_BYTES_MAX};
@@ -42,8 +46,9 @@ pub(crate) const TAG_DEFINE_NAME: u8 = 0x3f;
 pub(crate) const TAG_TYPE_MASK: u8 = 0x3f;
 pub(crate) const TAG_KEY: u8 = 0x80;
 
-/// Appends a DEFINE_NAME entry.
-pub(crate) fn encode_define_name(buf: &mut Vec<u8>, dict_id: u32, name: &[u8]) {
+/// Appends a DEFINE_NAME entry giving `name` the id `dict_id`, which must be the number of names
+/// defined before it in the same dictionary scope (the decoder refuses any other id).
+pub fn encode_define_name(buf: &mut Vec<u8>, dict_id: u32, name: &[u8]) {
     assert!(!name.is_empty(), "a logged name is never empty");
     assert!(name.len() <= NAME_BYTES_MAX, "a logged name fits the wire limit");
     buf.push(TAG_DEFINE_NAME);
@@ -52,7 +57,8 @@ pub(crate) fn encode_define_name(buf: &mut Vec<u8>, dict_id: u32, name: &[u8]) {
     buf.extend_from_slice(name);
 }
 
-/// Appends one record whose name has dictionary id `dict_id`.
+/// Appends one record whose name has dictionary id `dict_id` (defined earlier in the same scope by
+/// `encode_define_name`). The record's own `name_id` is not written.
 ///
 /// Field encodings (after tag and name_ref): INCR `delta` zigzag varint, then when the tag has bit 7
 /// the key (16 bytes LE) and the duplicate answer `value` (zigzag varint); ADD_BOUNDED `delta`, then
@@ -60,7 +66,7 @@ pub(crate) fn encode_define_name(buf: &mut Vec<u8>, dict_id: u32, name: &[u8]) {
 /// `new`; RESET `old, new` zigzag varints, `reason` and `client` each a varint length and bytes;
 /// SLOT_INCR `epoch` varint, `delta`; SPLIT `epoch`; MERGE `epoch`, `amount`. An INCR of a small delta
 /// to one of the first 128 names of a segment is three bytes.
-pub(crate) fn encode_record(buf: &mut Vec<u8>, dict_id: u32, record: &LogRecord<'_>) {
+pub fn encode_record(buf: &mut Vec<u8>, dict_id: u32, record: &LogRecord<'_>) {
     match *record {
         LogRecord::Incr { delta, key, .. } => {
             buf.push(if key.is_some() { TAG_INCR | TAG_KEY } else { TAG_INCR });
@@ -140,7 +146,8 @@ pub(crate) fn encode_record(buf: &mut Vec<u8>, dict_id: u32, record: &LogRecord<
     }
 }
 
-/// The names of one segment, by dictionary id, borrowed from the segment's bytes.
+/// The names of one dictionary scope (a WAL segment, a Ship frame), by id, borrowed from the bytes
+/// they were decoded from. `decode_entry` fills it; start a new one for each scope.
 #[derive(Debug, Default, Clone)]
 pub struct NameDictionary<'a> {
     names: Vec<&'a [u8]>,
@@ -230,8 +237,9 @@ impl<'a> Cursor<'a> {
 }
 
 /// Decodes one entry from the front of `bytes`. A DEFINE_NAME entry extends `dict` and yields `None`;
-/// a record yields itself with `name_id` = its dictionary id. Returns the bytes used.
-pub(crate) fn decode_entry<'a>(
+/// a record yields itself with `name_id` = its dictionary id. Returns the bytes used (at least 1).
+/// Fails only with `WalError::Invalid` (what = "log record"); never panics, whatever the bytes.
+pub fn decode_entry<'a>(
     bytes: &'a [u8],
     dict: &mut NameDictionary<'a>,
 ) -> Result<(Option<LogRecord<'a>>, usize), WalError> {
