@@ -48,6 +48,7 @@ pub(crate) const TAG_KEY: u8 = 0x80;
 
 /// Appends a DEFINE_NAME entry giving `name` the id `dict_id`, which must be the number of names
 /// defined before it in the same dictionary scope (the decoder refuses any other id).
+#[inline]
 pub fn encode_define_name(buf: &mut Vec<u8>, dict_id: u32, name: &[u8]) {
     assert!(!name.is_empty(), "a logged name is never empty");
     assert!(name.len() <= NAME_BYTES_MAX, "a logged name fits the wire limit");
@@ -66,6 +67,7 @@ pub fn encode_define_name(buf: &mut Vec<u8>, dict_id: u32, name: &[u8]) {
 /// `new`; RESET `old, new` zigzag varints, `reason` and `client` each a varint length and bytes;
 /// SLOT_INCR `epoch` varint, `delta`; SPLIT `epoch`; MERGE `epoch`, `amount`. An INCR of a small delta
 /// to one of the first 128 names of a segment is three bytes.
+#[inline]
 pub fn encode_record(buf: &mut Vec<u8>, dict_id: u32, record: &LogRecord<'_>) {
     match *record {
         LogRecord::Incr { delta, key, .. } => {
@@ -239,6 +241,7 @@ impl<'a> Cursor<'a> {
 /// Decodes one entry from the front of `bytes`. A DEFINE_NAME entry extends `dict` and yields `None`;
 /// a record yields itself with `name_id` = its dictionary id. Returns the bytes used (at least 1).
 /// Fails only with `WalError::Invalid` (what = "log record"); never panics, whatever the bytes.
+#[inline]
 pub fn decode_entry<'a>(
     bytes: &'a [u8],
     dict: &mut NameDictionary<'a>,
