@@ -2,9 +2,10 @@
 //! mirror streams, the ack quorum, epochs and promotion. docs/replication.md is the specification.
 //!
 //! Owns: the replication messages and their frame codec (`message`), the self-contained record
-//! encoding inside a Ship frame (`records`), the primary's per-(shard, replica) `Shipper`, the
-//! per-shard `Quorum`, the replica's `Replica` with one `Follower` per mirror stream, the
-//! `EpochHistory` that tells a prefix log from a diverged one, and the `Promotion` coordinator.
+//! encoding inside a Ship frame (`records`: the WAL's entry codec, `tally_wal::record`, with a
+//! frame-local dictionary), the primary's per-(shard, replica) `Shipper`, the per-shard `Quorum`, the
+//! replica's `Replica` with one `Follower` per mirror stream, the `EpochHistory` that tells a prefix
+//! log from a diverged one, and the `Promotion` coordinator.
 //! Every state machine takes events (messages, "synced", "sent", time passed in as numbers) and
 //! returns commands for a runtime to execute, in order (openraft's style).
 //!
@@ -19,8 +20,9 @@
 //! - a promotion becomes primary only with every record every peer that answered had, after
 //!   fencing them.
 //!
-//! It must never: do I/O, read a clock, spawn, or block (no sockets, files, glommio); panic on any
-//! bytes from the network; send more than the named in-flight limits to one replica.
+//! It must never: do I/O, read a clock, spawn, or block (no sockets, files, glommio: it depends on
+//! `tally-wal` for the record codec only); panic on any bytes from the network; send more than the
+//! named in-flight limits to one replica.
 
 pub mod error;
 pub mod follower;
@@ -32,7 +34,6 @@ pub mod quorum;
 pub mod records;
 pub mod replica;
 pub mod shipper;
-mod varint;
 
 pub use error::{DecodeError, ReplicateError};
 pub use follower::Follower;
