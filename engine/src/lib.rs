@@ -32,8 +32,9 @@ pub mod log;
 pub mod shard;
 pub mod split;
 pub mod table;
+pub mod window;
 
-pub use config::{ConfigError, HotConfig, NamespaceRule, ShardConfig};
+pub use config::{ConfigError, HotConfig, NamespaceRule, ShardConfig, WindowConfig, WindowRule};
 pub use log::{Keyed, LogRecord, LogSink, NullLog, ReplayError};
 pub use shard::{
     reconcile, Applied, Ctx, Failure, Outcome, Reconciled, ResetRecord, Shard, ShardStats, SnapshotDeps, SnapshotError,
