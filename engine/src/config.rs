@@ -6,6 +6,7 @@ use tally_proto::limits::{NAME_BYTES_MAX, SHARDS_MAX};
 use tally_proto::CounterKind;
 
 use crate::limits::{DEDUP_WINDOW_MS, HOT_SAMPLE_EVERY_DEFAULT};
+use crate::window::Tiers;
 
 /// Hot-counter detection and splitting.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +53,45 @@ pub struct NamespaceRule {
     pub max: Option<i64>,
 }
 
+/// Names starting with `prefix` keep their window buckets by `tiers` (longest prefix wins).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowRule {
+    pub prefix: Vec<u8>,
+    pub tiers: Tiers,
+}
+
+/// Time windows: whether increments are bucketed by time, and how long and how finely each
+/// namespace's buckets are kept (see `window`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowConfig {
+    /// Off: increments are not bucketed, queries answer `WindowError::Disabled`, nothing is sealed.
+    pub enabled: bool,
+    /// Tiers of names no rule matches.
+    pub tiers: Tiers,
+    pub namespaces: Vec<WindowRule>,
+}
+
+impl Default for WindowConfig {
+    fn default() -> WindowConfig {
+        WindowConfig {
+            enabled: true,
+            tiers: Tiers::default(),
+            namespaces: Vec::new(),
+        }
+    }
+}
+
+impl WindowConfig {
+    /// The tiers of `name`: the rule with the longest matching prefix, else the default.
+    pub fn tiers_of(&self, name: &[u8]) -> &Tiers {
+        self.namespaces
+            .iter()
+            .filter(|rule| name.starts_with(&rule.prefix))
+            .max_by_key(|rule| rule.prefix.len())
+            .map_or(&self.tiers, |rule| &rule.tiers)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShardConfig {
     /// This shard's id, `0..shards`.
@@ -61,6 +101,7 @@ pub struct ShardConfig {
     pub namespaces: Vec<NamespaceRule>,
     /// How long an idempotency key is remembered after its first successful use.
     pub dedup_window_ms: u64,
+    pub windows: WindowConfig,
 }
 
 /// Why a configuration cannot be used.
@@ -77,6 +118,8 @@ pub enum ConfigError {
     ForcedName { name: String },
     #[error("dedup_window_ms must be positive (a zero window would silently disable exactly-once)")]
     DedupWindow,
+    #[error("window tiers for {prefix:?}: {reason}")]
+    Windows { prefix: String, reason: &'static str },
 }
 
 impl ShardConfig {
@@ -89,6 +132,7 @@ impl ShardConfig {
             hot: HotConfig::default(),
             namespaces: Vec::new(),
             dedup_window_ms: DEDUP_WINDOW_MS,
+            windows: WindowConfig::default(),
         }
     }
 
@@ -148,6 +192,18 @@ impl ShardConfig {
         }
         if self.dedup_window_ms == 0 {
             return Err(ConfigError::DedupWindow);
+        }
+        let default = std::iter::once((&b""[..], &self.windows.tiers));
+        let rules = self
+            .windows
+            .namespaces
+            .iter()
+            .map(|rule| (&rule.prefix[..], &rule.tiers));
+        for (prefix, tiers) in default.chain(rules) {
+            tiers.check().map_err(|reason| ConfigError::Windows {
+                prefix: String::from_utf8_lossy(prefix).into_owned(),
+                reason,
+            })?;
         }
         Ok(())
     }
@@ -221,6 +277,28 @@ mod tests {
         let mut config = ShardConfig::new(0, 2);
         config.dedup_window_ms = 0;
         assert_eq!(config.check(), Err(ConfigError::DedupWindow));
+
+        let mut config = ShardConfig::new(0, 2);
+        let mut tiers = Tiers::default();
+        tiers.coarse.retention_ms = tiers.fine.retention_ms - 1;
+        config.windows.namespaces.push(WindowRule {
+            prefix: b"api:".to_vec(),
+            tiers,
+        });
+        assert!(matches!(config.check(), Err(ConfigError::Windows { .. })));
+    }
+
+    #[test]
+    fn window_tiers_by_longest_prefix() {
+        let mut config = WindowConfig::default();
+        let mut long = Tiers::default();
+        long.coarse.retention_ms *= 3;
+        config.namespaces.push(WindowRule {
+            prefix: b"api:".to_vec(),
+            tiers: long,
+        });
+        assert_eq!(config.tiers_of(b"api:x"), &long);
+        assert_eq!(config.tiers_of(b"views"), &Tiers::default());
     }
 
     #[test]

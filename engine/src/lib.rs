@@ -20,7 +20,8 @@
 //! In steady state `apply` allocates nothing for successful ops on existing names (failures carry a
 //! formatted message). Memory is bounded: names live in a chunked arena (4 GiB per shard), the
 //! idempotency set holds at most `DEDUP_ENTRIES_MAX` keys, the audit ring `AUDIT_RECORDS_MAX`
-//! records and a shard owns at most `SPLIT_OWNED_MAX` split counters (see `limits`).
+//! records, a shard owns at most `SPLIT_OWNED_MAX` split counters, and the time-window store holds
+//! `FINE_MEMORY_SECS` seconds of buckets whatever the number of names (see `limits`, `window`).
 //! DESIGN-NOTES.md next to this crate explains the layout and the numbers.
 
 mod audit;
@@ -32,8 +33,9 @@ pub mod log;
 pub mod shard;
 pub mod split;
 pub mod table;
+pub mod window;
 
-pub use config::{ConfigError, HotConfig, NamespaceRule, ShardConfig};
+pub use config::{ConfigError, HotConfig, NamespaceRule, ShardConfig, WindowConfig, WindowRule};
 pub use log::{Keyed, LogRecord, LogSink, NullLog, ReplayError};
 pub use shard::{
     reconcile, Applied, Ctx, Failure, Outcome, Reconciled, ResetRecord, Shard, ShardStats, SnapshotDeps, SnapshotError,

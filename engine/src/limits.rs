@@ -81,3 +81,56 @@ pub const TICK_FORCED_SPLITS_MAX: usize = 32;
 
 /// Most log records one `tick` produces.
 pub const TICK_RECORDS_MAX: usize = TICK_MERGES_MAX + HOT_SKETCH_SLOTS + TICK_FORCED_SPLITS_MAX;
+
+/// Seconds of per-second window buckets a shard keeps in memory (`window::WindowStore`), so
+/// WINDOW queries up to 5 minutes (the common dashboard spans) never touch disk. Sized by memory:
+/// at the 10M-names zipf load (100K increments/s, ~50K names touched per second) a second costs
+/// ~25K (name, sum) pairs per shard at ~4 bytes each in the compact slice encoding, so 300 s is
+/// ~30 MB per shard (`examples/windows_footprint.rs` measures it). Older seconds are on disk.
+pub const FINE_MEMORY_SECS: u64 = 300;
+
+/// Seconds a window slice may stay in memory while the runtime has not confirmed it durable on
+/// disk (`Shard::windows_set_durable`). Past it the oldest slices are dropped (counted in
+/// `ShardStats::windows_lost_secs`): memory stays bounded when the window writer stalls, at the
+/// price of a hole in the history. 15 minutes is three times the memory span: room for a slow
+/// disk, not for a writer that stopped.
+pub const WINDOW_UNDURABLE_SECS_MAX: u64 = 3 * FINE_MEMORY_SECS;
+
+/// Closed seconds whose increments wait, unsorted, for a tick to compact them. Compacting a
+/// second sorts its increments (~1-2 ms for 50K), which `tick` does off the op path; if ticks stop,
+/// the op that would exceed this compacts the oldest inline, so memory stays bounded.
+pub const WINDOW_PENDING_SECONDS_MAX: usize = 4;
+
+/// A compact slice keeps a sparse index entry every this many (name, sum) pairs: a lookup is a
+/// binary search plus at most this many varint decodes (~100 ns), and the index costs 0.5 byte
+/// per pair.
+pub const WINDOW_SLICE_INDEX_EVERY: usize = 32;
+
+/// Slots of the direct-mapped cache that folds repeated increments of one name within a second
+/// into one pair: a hot counter at millions of increments per second then costs one pair per
+/// second, not one per increment. 64 slots × 4 bytes stay in L1.
+pub const WINDOW_RECENT_SLOTS: usize = 64;
+
+/// Target bytes of one block of a window file. One name's buckets are found by a binary search of
+/// the block index plus one block read and decode; 4 KiB is one disk page and keeps the index at
+/// ~0.5% of the file (one entry of ~35 bytes per block).
+pub const WINDOW_FILE_BLOCK_BYTES: usize = 4096;
+
+/// Most points one SERIES answers: 30 days of minutes is 43 200, so 2^16 leaves room for a
+/// 45-day minute series while bounding a reply (and the `Partial` buffer) at 1 MiB.
+pub const WINDOW_SERIES_POINTS_MAX: u64 = 1 << 16;
+
+/// Longest retention a namespace may configure: 400 days covers "same day last year" dashboards.
+pub const WINDOW_RETENTION_MS_MAX: u64 = 400 * 86_400_000;
+
+/// Coarsest resolution a namespace may configure (a day, the coarsest query step).
+pub const WINDOW_RESOLUTION_MS_MAX: u64 = 86_400_000;
+
+const _: () = assert!(
+    FINE_MEMORY_SECS >= 120,
+    "the open minute and the one before fit in memory"
+);
+const _: () = assert!(WINDOW_UNDURABLE_SECS_MAX >= FINE_MEMORY_SECS);
+const _: () = assert!(WINDOW_PENDING_SECONDS_MAX >= 1);
+const _: () = assert!(WINDOW_SLICE_INDEX_EVERY >= 1);
+const _: () = assert!(WINDOW_RECENT_SLOTS.is_power_of_two());

@@ -23,6 +23,7 @@ pub use snapshot::{SnapshotDeps, SnapshotError, SNAPSHOT_VERSION};
 
 mod replay;
 mod snapshot;
+mod windows;
 
 use crate::audit::AuditRing;
 use crate::config::ShardConfig;
@@ -35,12 +36,14 @@ use crate::limits::{
 use crate::log::{Keyed, LogRecord, LogSink, LsnCheck};
 use crate::split::{OwnedSplit, SlotAdd, SplitCache, SplitCell, SplitRegistry};
 use crate::table::{table_hash, CounterId, Entry, Table, FLAG_BOUNDED, FLAG_FORCED, FLAG_SPLIT, FLAG_STRICT};
+use crate::window::{NameRef, WindowStats, WindowStore};
 
 /// What the op needs from its surroundings: the time and who sent it.
 #[derive(Debug, Clone, Copy)]
 pub struct Ctx<'a> {
-    /// Milliseconds since the Unix epoch (server time at apply; used for audit records and, later,
-    /// time windows).
+    /// Milliseconds since the Unix epoch (server time at apply; used for audit records, dedup
+    /// expiry and time windows). The node should never let it go backwards between ops and ticks:
+    /// replay reproduces time windows exactly only then (`window` module doc).
     pub now_ms: u64,
     /// The client's self-chosen name from HELLO (may be empty).
     pub client: &'a [u8],
@@ -117,6 +120,8 @@ pub struct ShardStats {
     pub audit_records: u64,
     /// Bytes of counter names stored.
     pub name_bytes: u64,
+    /// The time-window store (its bytes are included in `memory_bytes`).
+    pub windows: WindowStats,
 }
 
 const BOUNDS_FULL: (i64, i64) = (i64::MIN, i64::MAX);
@@ -224,6 +229,8 @@ pub struct Shard {
     /// Recovery only (empty while serving): slot parts of other shards' split counters, by
     /// (foreign name id, epoch).
     recovered_parts: HashMap<(u32, u64), RecoveredPart>,
+    /// Per-second buckets of recent increments (`window`).
+    windows: WindowStore,
     lsn: u64,
     strict_counters: u64,
     counts: Counts,
@@ -258,6 +265,7 @@ impl Shard {
             .cloned()
             .collect();
         let split_cache = SplitCache::new(config.shard, config.shards);
+        let windows = WindowStore::new(config.windows.enabled);
         Shard {
             sampler: Sampler::new(config.hot.sample_every, 0x9e37_79b9_7f4a_7c15 ^ u64::from(config.shard)),
             dedup: Dedup::new(config.dedup_window_ms, dedup_entries_max),
@@ -275,6 +283,7 @@ impl Shard {
             merged_epochs: HashMap::new(),
             recovered_open: HashMap::new(),
             recovered_parts: HashMap::new(),
+            windows,
             lsn: 0,
             strict_counters: 0,
             counts: Counts::default(),
@@ -310,7 +319,7 @@ impl Shard {
         let owner = (key.name_hash % u64::from(self.config.shards)) as u16;
         if owner != self.config.shard {
             if let Request::Incr { delta, key: None, .. } = *op {
-                if let Some(reply) = self.incr_into_slot(key, delta, log) {
+                if let Some(reply) = self.incr_into_slot(key, delta, ctx.now_ms, log) {
                     self.counts.ops_applied += 1;
                     self.counts.split_slot_incrs += 1;
                     return Applied::Done(Ok(reply));
@@ -367,6 +376,7 @@ impl Shard {
 
     fn tick_checked(&mut self, now_ms: u64, log: &mut dyn LogSink) {
         self.dedup.expire(now_ms);
+        self.windows.tick(now_ms);
         let elapsed_ms = match self.tick_last_ms {
             // No time has passed: keep measuring and decide over a longer span next time.
             Some(last) if now_ms <= last => return,
@@ -412,6 +422,7 @@ impl Shard {
             dedup_evicted_early: self.dedup.evicted_early(),
             audit_records: self.audit.len() as u64,
             name_bytes: self.table.name_bytes(),
+            windows: self.windows.stats(),
         }
     }
 
@@ -430,6 +441,7 @@ impl Shard {
             + self.audit.memory_bytes()
             + (self.forced_owned.allocation_size() + forced) as u64
             + (self.merge_scratch.capacity() * std::mem::size_of::<CounterId>()) as u64
+            + self.windows.memory_bytes()
             + std::mem::size_of::<Shard>() as u64
     }
 
@@ -543,6 +555,8 @@ impl Shard {
             key: idem.map(|key| Keyed { key, value }),
         };
         let lsn = commit(&mut self.lsn, log, &record);
+        self.windows
+            .record(NameRef::new(id.name_at, id.name_len), delta, now_ms);
         if let Some(idem) = idem {
             self.dedup.record(idem, key.name_hash, delta, value, lsn, now_ms);
         }
@@ -800,6 +814,8 @@ impl Shard {
             key: idem,
         };
         let lsn = commit(&mut self.lsn, log, &record);
+        self.windows
+            .record(NameRef::new(id.name_at, id.name_len), delta, now_ms);
         if let Some(idem) = idem {
             self.dedup.record(idem, key.name_hash, delta, next, lsn, now_ms);
         }
@@ -864,7 +880,7 @@ impl Shard {
     /// is split and the slot is open and in range; `None` means forward it to the owner. The
     /// `SlotIncr` record is written only once the slot's compare-exchange succeeded, which is what
     /// makes recovery exactly-once (see `fold_recovered`).
-    fn incr_into_slot(&mut self, key: Key<'_>, delta: i64, log: &mut dyn LogSink) -> Option<Reply> {
+    fn incr_into_slot(&mut self, key: Key<'_>, delta: i64, now_ms: u64, log: &mut dyn LogSink) -> Option<Reply> {
         if !self.config.hot.enabled {
             return None;
         }
@@ -893,8 +909,12 @@ impl Shard {
                     delta,
                 };
                 let lsn = commit(&mut self.lsn, log, &record);
+                let value = cached.cell.estimate(shard, slot);
+                // Recorded here, under the name, so the counter's windows are the sum over shards.
+                self.windows
+                    .record(NameRef::new(name_id, key.name.len() as u8), delta, now_ms);
                 Some(Reply::Incr {
-                    value: cached.cell.estimate(shard, slot),
+                    value,
                     flags: REPLY_SPLIT | REPLY_APPROX,
                     token: Token { shard, lsn },
                 })
@@ -1239,6 +1259,7 @@ pub(crate) struct Canonical {
     pub audit: Vec<ResetRecord>,
     pub arena: Vec<Vec<u8>>,
     pub strict_counters: u64,
+    pub windows: crate::window::store::CanonicalWindows,
 }
 
 #[cfg(test)]
@@ -1282,6 +1303,7 @@ impl Shard {
             audit: self.audit.iter().cloned().collect(),
             arena: self.table.arena().chunks().map(<[u8]>::to_vec).collect(),
             strict_counters: self.strict_counters,
+            windows: self.windows.canonical(),
         }
     }
 }
@@ -2148,12 +2170,11 @@ mod tests {
         }
         let stats = shard.stats();
         assert_eq!(stats.name_bytes, 10_000 * 21);
-        assert!(stats.memory_bytes > empty + 10_000 * (16 + 21));
+        // The open second's 10 000 (name, delta) pairs are accounted for too, by the window store.
+        assert!(stats.windows.memory_bytes >= 10_000 * 16);
+        let table_bytes = stats.memory_bytes - stats.windows.memory_bytes;
+        assert!(table_bytes > empty + 10_000 * (16 + 21));
         // One arena chunk plus a table of at most 16 384 buckets of 17 bytes (and small change).
-        assert!(
-            stats.memory_bytes < empty + (1 << 20) + 16_384 * 17 + 1024,
-            "{}",
-            stats.memory_bytes
-        );
+        assert!(table_bytes < empty + (1 << 20) + 16_384 * 17 + 1024, "{table_bytes}");
     }
 }

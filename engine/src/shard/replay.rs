@@ -47,6 +47,7 @@ use crate::audit::ResetRecord;
 use crate::limits::{SPLIT_ELIGIBLE_ABS_MAX, SPLIT_SLOT_ABS_MAX, SPLIT_VALUE_ABS_MAX};
 use crate::log::{Keyed, LogRecord, LogSink, LsnCheck, ReplayError};
 use crate::table::{CounterId, Entry, FLAG_STRICT};
+use crate::window::NameRef;
 
 fn inconsistent(lsn: u64, reason: &'static str) -> ReplayError {
     ReplayError::Inconsistent { lsn, reason }
@@ -156,7 +157,7 @@ impl Shard {
                 client,
                 ..
             } => self.replay_reset(lsn, time_ms, key, (old, new), reason, client),
-            LogRecord::SlotIncr { epoch, delta, .. } => self.replay_slot_incr(lsn, key, epoch, delta),
+            LogRecord::SlotIncr { epoch, delta, .. } => self.replay_slot_incr(lsn, time_ms, key, epoch, delta),
             LogRecord::Split { epoch, .. } => self.replay_split(lsn, key, epoch),
             LogRecord::Merge { epoch, amount, .. } => self.merge_recovered(lsn, key, epoch, amount).map(|_| ()),
         }?;
@@ -353,13 +354,18 @@ impl Shard {
         if keyed.is_some_and(|keyed| !split && keyed.value != value) {
             return Err(inconsistent(lsn, "the logged answer differs from the replayed value"));
         }
-        match existing {
-            Some(entry) => self.table.get_mut(entry.id(key.hash)).value = value,
+        let id = match existing {
+            Some(entry) => {
+                self.table.get_mut(entry.id(key.hash)).value = value;
+                entry.id(key.hash)
+            }
             None => {
                 let (kind, bounds) = self.namespace_kind(key.name);
-                self.replay_create_entry(lsn, key, value, kind, bounds)?;
+                self.replay_create_entry(lsn, key, value, kind, bounds)?
             }
-        }
+        };
+        self.windows
+            .record(NameRef::new(id.name_at, id.name_len), delta, time_ms);
         if let Some(keyed) = keyed {
             self.dedup
                 .replay_record(keyed.key, key.name_hash, delta, keyed.value, lsn, time_ms);
@@ -416,14 +422,14 @@ impl Shard {
         existing: Option<Entry>,
         value: i64,
         bounds: (i64, i64),
-    ) -> Result<(), ReplayError> {
+    ) -> Result<CounterId, ReplayError> {
         match existing {
-            Some(entry) => self.table.get_mut(entry.id(key.hash)).value = value,
-            None => {
-                self.replay_create_entry(lsn, key, value, CounterKind::Strict, bounds)?;
+            Some(entry) => {
+                self.table.get_mut(entry.id(key.hash)).value = value;
+                Ok(entry.id(key.hash))
             }
+            None => self.replay_create_entry(lsn, key, value, CounterKind::Strict, bounds),
         }
-        Ok(())
     }
 
     fn replay_cas(&mut self, lsn: u64, key: Key<'_>, new: i64) -> Result<(), ReplayError> {
@@ -431,7 +437,7 @@ impl Shard {
         if !within(bounds, new) {
             return Err(inconsistent(lsn, "CAS to a value outside the bounds"));
         }
-        self.replay_set_strict(lsn, key, existing, new, bounds)
+        self.replay_set_strict(lsn, key, existing, new, bounds).map(|_| ())
     }
 
     fn replay_add_bounded(
@@ -448,7 +454,9 @@ impl Shard {
             Some(next) if within(bounds, next) => next,
             _ => return Err(inconsistent(lsn, "a bounded add outside the bounds")),
         };
-        self.replay_set_strict(lsn, key, existing, next, bounds)?;
+        let id = self.replay_set_strict(lsn, key, existing, next, bounds)?;
+        self.windows
+            .record(NameRef::new(id.name_at, id.name_len), delta, time_ms);
         if let Some(idem) = idem {
             self.dedup.replay_record(idem, key.name_hash, delta, next, lsn, time_ms);
         }
@@ -490,7 +498,14 @@ impl Shard {
         Ok(())
     }
 
-    fn replay_slot_incr(&mut self, lsn: u64, key: Key<'_>, epoch: u64, delta: i64) -> Result<(), ReplayError> {
+    fn replay_slot_incr(
+        &mut self,
+        lsn: u64,
+        time_ms: u64,
+        key: Key<'_>,
+        epoch: u64,
+        delta: i64,
+    ) -> Result<(), ReplayError> {
         if epoch == 0 {
             return Err(inconsistent(lsn, "epoch 0"));
         }
@@ -518,6 +533,8 @@ impl Shard {
             amount: part,
         };
         self.recovered_parts.insert((name_id, epoch), part);
+        self.windows
+            .record(NameRef::new(name_id, key.name.len() as u8), delta, time_ms);
         Ok(())
     }
 

@@ -2,7 +2,7 @@
 //! (`Shard::from_snapshot`). Recovery is a snapshot plus the replay of the log records after its
 //! lsn, then the node's reconcile (`replay.rs`).
 //!
-//! Format, version 1. Every integer is fixed-width little-endian; `name` is a name's place in the
+//! Format, version 2 (version 1 had no windows section). Every integer is fixed-width little-endian; `name` is a name's place in the
 //! arena as `name_at u32, name_len u8` (the arena section holds the bytes):
 //!
 //! ```text
@@ -21,6 +21,7 @@
 //!                                           i64 value, u64 lsn, u64 time_ms)   oldest first
 //! audit       u32 n, n × (u64 time_ms, u64 lsn, i64 old, i64 new, u8 name_len, name bytes,
 //!                         u32 reason_len, reason bytes, u32 client_len, client bytes)  oldest first
+//! windows     the window store's seconds in memory (`window::store`, "Snapshot section")
 //! trailer     u64 xxh3-64 of every byte before it
 //! ```
 //!
@@ -49,7 +50,7 @@ use crate::split::SplitRegistry;
 use crate::table::{table_hash, Entry, ForeignName, NameArena, Table, FLAG_BOUNDED, FLAG_FORCED, FLAG_STRICT};
 
 /// The snapshot format this build writes and reads.
-pub const SNAPSHOT_VERSION: u32 = 1;
+pub const SNAPSHOT_VERSION: u32 = 2;
 
 const KIND_ANALYTIC: u8 = 0;
 const KIND_STRICT: u8 = 1;
@@ -348,6 +349,11 @@ impl Shard {
             w.bytes32(&record.client);
         }
 
+        // Every second memory holds, so a restart keeps the last FINE_MEMORY_SECS without
+        // replaying records older than the snapshot, and seconds the runtime had not made
+        // durable yet are handed out again.
+        self.windows.encode(w.out);
+
         let sum = checksum(&out[start..]);
         out.extend_from_slice(&sum.to_le_bytes());
         SnapshotDeps {
@@ -578,6 +584,13 @@ impl Shard {
             });
         }
 
+        let mut at = 0;
+        let arena = shard.table.arena();
+        let valid_name = |name: crate::window::NameRef| arena.try_get(name.name_at(), name.name_len()).is_some();
+        let windows = crate::window::WindowStore::decode(shard.config.windows.enabled, r.bytes, &mut at, valid_name)
+            .ok_or(invalid("a malformed windows section"))?;
+        shard.windows = windows;
+        r.bytes = &r.bytes[at..];
         if !r.bytes.is_empty() {
             return Err(invalid("bytes after the last section"));
         }
@@ -829,10 +842,10 @@ mod tests {
         assert_eq!(wrong.err(), Some(SnapshotError::WrongShard { shard: 0, shards: 2 }));
         let body = &bytes[..bytes.len() - TRAILER_BYTES];
         let mut versioned = body.to_vec();
-        versioned[0] = 2;
+        versioned[0] = 3;
         assert_eq!(
             Shard::restore(config(0, 2), Arc::new(SplitRegistry::new(2)), &versioned).err(),
-            Some(SnapshotError::Version(2))
+            Some(SnapshotError::Version(3))
         );
         for len in 0..body.len() {
             let restored = Shard::restore(config(0, 2), Arc::new(SplitRegistry::new(2)), &body[..len]);
@@ -845,8 +858,10 @@ mod tests {
         let shard = Shard::new(config(0, 1), Arc::new(SplitRegistry::new(1)));
         let (restored, bytes) = round_trip(&shard);
         assert_eq!(restored.canonical(), shard.canonical());
-        // version, ids, lsn, 9 empty counts, dedup time, checksum.
-        assert_eq!(bytes.len(), 4 + 4 + 8 + 2 + 4 + 8 + 4 * 5 + 8 + 4 + 4 + 8);
+        // version, ids, lsn, 9 empty counts, dedup time, windows (5 u64, no slices, an empty
+        // open second), checksum.
+        let windows = 5 * 8 + 4 + 4 + 8 + 4;
+        assert_eq!(bytes.len(), 4 + 4 + 8 + 2 + 4 + 8 + 4 * 5 + 8 + 4 + 4 + windows + 8);
     }
 
     /// Restores mutated bytes without the checksum (so the parser, not the checksum, meets them)
