@@ -91,6 +91,10 @@ impl EngineSettings {
         config.hot = self.hot.clone();
         config.namespaces = self.namespaces.clone();
         config.dedup_window_ms = self.dedup_window_ms;
+        // The engine's time-window store is off in the node until the node writes its sealed
+        // seconds to disk and serves WINDOW/SERIES (issue 6): kept on, it would only cost memory
+        // (up to its 15-minute cap) and a per-second compaction on the shard.
+        config.windows.enabled = false;
         config
     }
 }

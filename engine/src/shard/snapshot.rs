@@ -6,7 +6,7 @@
 //! arena as `name_at u32, name_len u8` (the arena section holds the bytes):
 //!
 //! ```text
-//! header      u32 version (= 1) | u16 shard | u16 shards | u64 lsn
+//! header      u32 version (= 2; 1 is read too) | u16 shard | u16 shards | u64 lsn
 //!             u16 n, n × (u16 shard, u64 lsn)         durable_lsn_required (see SnapshotDeps)
 //! arena       u32 chunks, chunks × (u32 len, len bytes)   names back to back, each chunk ≤ 1 MiB
 //! counters    u64 n, n × (name, u8 kind, i64 value)       kind 0 analytic, 1 strict; a split
@@ -52,6 +52,9 @@ use crate::table::{table_hash, Entry, ForeignName, NameArena, Table, FLAG_BOUNDE
 /// The snapshot format this build writes and reads.
 pub const SNAPSHOT_VERSION: u32 = 2;
 
+/// The format before the windows section; still read (its windows start empty), never written.
+pub const SNAPSHOT_VERSION_NO_WINDOWS: u32 = 1;
+
 const KIND_ANALYTIC: u8 = 0;
 const KIND_STRICT: u8 = 1;
 /// Bytes of one counter record: name_at, name_len, kind, value.
@@ -77,7 +80,7 @@ pub enum SnapshotError {
     Truncated,
     #[error("the snapshot's checksum does not match its bytes")]
     Checksum,
-    #[error("snapshot format version {0}; this build reads version {SNAPSHOT_VERSION}")]
+    #[error("snapshot format version {0}; this build reads versions 1 and {SNAPSHOT_VERSION}")]
     Version(u32),
     #[error("the snapshot is of shard {shard} of {shards}, not of this shard")]
     WrongShard { shard: u16, shards: u16 },
@@ -391,7 +394,7 @@ impl Shard {
         let mut shard = Shard::new(config, splits);
         let mut r = Reader { bytes: body };
         let version = r.u32()?;
-        if version != SNAPSHOT_VERSION {
+        if version != SNAPSHOT_VERSION && version != SNAPSHOT_VERSION_NO_WINDOWS {
             return Err(SnapshotError::Version(version));
         }
         let (id, shards) = (r.u16()?, r.u16()?);
@@ -584,13 +587,17 @@ impl Shard {
             });
         }
 
-        let mut at = 0;
-        let arena = shard.table.arena();
-        let valid_name = |name: crate::window::NameRef| arena.try_get(name.name_at(), name.name_len()).is_some();
-        let windows = crate::window::WindowStore::decode(shard.config.windows.enabled, r.bytes, &mut at, valid_name)
-            .ok_or(invalid("a malformed windows section"))?;
-        shard.windows = windows;
-        r.bytes = &r.bytes[at..];
+        // Version 1 (written before windows existed) ends here: its shard starts with empty windows.
+        if version == SNAPSHOT_VERSION {
+            let mut at = 0;
+            let arena = shard.table.arena();
+            let valid_name = |name: crate::window::NameRef| arena.try_get(name.name_at(), name.name_len()).is_some();
+            let windows =
+                crate::window::WindowStore::decode(shard.config.windows.enabled, r.bytes, &mut at, valid_name)
+                    .ok_or(invalid("a malformed windows section"))?;
+            shard.windows = windows;
+            r.bytes = &r.bytes[at..];
+        }
         if !r.bytes.is_empty() {
             return Err(invalid("bytes after the last section"));
         }
@@ -851,6 +858,51 @@ mod tests {
             let restored = Shard::restore(config(0, 2), Arc::new(SplitRegistry::new(2)), &body[..len]);
             assert!(restored.is_err(), "a {len}-byte body restored");
         }
+    }
+
+    #[test]
+    fn a_version_1_body_without_windows_still_restores() {
+        let mut shard = Shard::new(config(0, 1), Arc::new(SplitRegistry::new(1)));
+        let incr = Request::Incr {
+            name: b"a",
+            delta: 5,
+            key: None,
+        };
+        let mut log = Recorder::default();
+        let _ = shard.apply(
+            &incr,
+            &Ctx {
+                now_ms: 1_000,
+                client: b"",
+            },
+            &mut log,
+        );
+        let mut bytes = Vec::new();
+        shard.snapshot(&mut bytes);
+        let body = &bytes[..bytes.len() - TRAILER_BYTES];
+        // Cut this shard's windows section: encode it alone to learn its length.
+        let mut section = Vec::new();
+        shard.windows.encode(&mut section);
+        let mut v1 = body[..body.len() - section.len()].to_vec();
+        v1[..4].copy_from_slice(&SNAPSHOT_VERSION_NO_WINDOWS.to_le_bytes());
+        let restored = Shard::restore(config(0, 1), Arc::new(SplitRegistry::new(1)), &v1).unwrap();
+        let empty_windows = Shard::new(config(0, 1), Arc::new(SplitRegistry::new(1)))
+            .canonical()
+            .windows;
+        let expected = Canonical {
+            windows: empty_windows,
+            ..shard.canonical()
+        };
+        assert_eq!(restored.canonical(), expected);
+        assert_ne!(
+            shard.canonical().windows,
+            expected.windows,
+            "the increment was in the windows"
+        );
+        // The same cut body under version 2 is malformed: the windows section is missing.
+        let mut cut = v1.clone();
+        cut[..4].copy_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+        assert!(Shard::restore(config(0, 1), Arc::new(SplitRegistry::new(1)), &cut).is_err());
     }
 
     #[test]
