@@ -640,6 +640,8 @@ async fn commit_loop(runtime: Rc<ShardRuntime>) {
             let records = runtime.wal.lsn_appended() - runtime.durable.lsn_durable();
             let started = Instant::now();
             match runtime.wal.commit_batch(now_ms()).await {
+                // Maintenance failed while this commit was in flight: the shard acks nothing more.
+                Ok(_) if runtime.durable.fault().is_some() => {}
                 Ok(lsn) => {
                     runtime.durable.advance(lsn);
                     runtime.node.lsn_durable[shard as usize].store(lsn, Ordering::Release);

@@ -112,6 +112,9 @@ pub struct Wal<S: Storage> {
     poisoned: Cell<bool>,
     committing: Cell<bool>,
     maintaining: Cell<bool>,
+    /// A commit is turning the spare into the next segment (from taking it to the rename): the
+    /// spare's file name is in use, so maintenance must not create a new spare meanwhile.
+    rotating: Cell<bool>,
     snapshotting: Cell<bool>,
 }
 
@@ -208,6 +211,7 @@ impl<S: Storage> Wal<S> {
             poisoned: Cell::new(false),
             committing: Cell::new(false),
             maintaining: Cell::new(false),
+            rotating: Cell::new(false),
             snapshotting: Cell::new(false),
         };
         match wal.prepare_next_segment().await {
@@ -322,6 +326,7 @@ impl<S: Storage> Wal<S> {
     async fn write_batch(&self, sealed: &SealedBatch) -> Result<(), WalError> {
         let s = &self.storage;
         if sealed.starts_segment {
+            let _rotating = Busy::enter(&self.rotating, "rotation");
             let file = self
                 .state
                 .borrow_mut()
@@ -409,7 +414,8 @@ impl<S: Storage> Wal<S> {
     /// Creates the next segment ahead of time, so that running out of space shows up while the
     /// current segment still has room for what is buffered.
     async fn prepare_next_segment(&self) -> Result<(), WalError> {
-        if self.state.borrow().spare.is_some() {
+        // A rotation in flight still uses the spare's name until its rename: the next call prepares.
+        if self.state.borrow().spare.is_some() || self.rotating.get() {
             return Ok(());
         }
         let s = &self.storage;
