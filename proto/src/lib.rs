@@ -13,6 +13,7 @@ pub mod limits;
 pub mod reply;
 pub mod request;
 mod routing;
+pub mod varint;
 
 pub use error::{DecodeError, ErrorCode};
 pub use frame::{FrameBuilder, FrameHeader, FrameKind, HeaderCheck, PROTOCOL_VERSION};

@@ -2,50 +2,21 @@
 //! the integer encoding of the window slices in memory and of the window files on disk. A u64
 //! takes at most 10 bytes; small gaps and small sums (the common case) take one.
 
-/// Most bytes a u64 varint takes.
-pub const VARINT_BYTES_MAX: usize = 10;
+pub use tally_proto::varint::{put_i64, unzigzag};
 
+/// Appends `v` (the workspace's one varint encoder, `tally_proto::varint`).
 #[inline]
-pub fn put(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-#[inline]
-pub fn zigzag(v: i64) -> u64 {
-    ((v << 1) ^ (v >> 63)) as u64
-}
-
-#[inline]
-pub fn unzigzag(v: u64) -> i64 {
-    ((v >> 1) as i64) ^ -((v & 1) as i64)
-}
-
-#[inline]
-pub fn put_i64(out: &mut Vec<u8>, v: i64) {
-    put(out, zigzag(v));
+pub fn put(out: &mut Vec<u8>, v: u64) {
+    tally_proto::varint::put_u64(out, v);
 }
 
 /// Reads a varint at `*at`, moving `*at` past it. `None` if the bytes end inside it or it does not
 /// fit a u64 (more than 10 bytes, or a 10th byte above 1): never panics.
 #[inline]
 pub fn get(bytes: &[u8], at: &mut usize) -> Option<u64> {
-    let mut v = 0u64;
-    for i in 0..VARINT_BYTES_MAX {
-        let byte = *bytes.get(*at + i)?;
-        if i == VARINT_BYTES_MAX - 1 && byte > 1 {
-            return None;
-        }
-        v |= u64::from(byte & 0x7f) << (7 * i);
-        if byte & 0x80 == 0 {
-            *at += i + 1;
-            return Some(v);
-        }
-    }
-    None
+    let (v, len) = tally_proto::varint::get_u64(bytes.get(*at..)?)?;
+    *at += len;
+    Some(v)
 }
 
 #[inline]
@@ -58,6 +29,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use tally_proto::varint::{zigzag, VARINT_BYTES_MAX};
 
     #[test]
     fn edges_round_trip() {
