@@ -348,7 +348,9 @@ impl Shard {
                 ..
             } => self.add_bounded(key, delta, min, max, idem, ctx.now_ms, log),
             Request::Reset { value, reason, .. } => self.reset(key, value, reason, ctx, log),
-            Request::Hello { .. } | Request::Stats => unreachable!("ops without a name were answered above"),
+            Request::Hello { .. } | Request::Stats | Request::Promote { .. } => {
+                unreachable!("ops without a name were answered above")
+            }
         };
         match &outcome {
             Ok(_) => {

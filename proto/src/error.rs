@@ -56,11 +56,15 @@ pub enum ErrorCode {
     NotPrimary = 23,
     /// A bug on the server side; the message says what.
     Internal = 24,
+    /// A replicated ack mode (quorum, all) could not be met within the replication wait: too few
+    /// replicas acknowledged. The write is durable on this node and may still replicate: its
+    /// outcome is unknown; retry with the same idempotency key.
+    ReplicasUnavailable = 25,
 }
 
 impl ErrorCode {
     /// Every code, in number order. Tests use it to check that numbers stay unique and stable.
-    pub const ALL: [ErrorCode; 24] = [
+    pub const ALL: [ErrorCode; 25] = [
         ErrorCode::BadFrame,
         ErrorCode::FrameTooLarge,
         ErrorCode::TooManyOps,
@@ -85,6 +89,7 @@ impl ErrorCode {
         ErrorCode::DiskFull,
         ErrorCode::NotPrimary,
         ErrorCode::Internal,
+        ErrorCode::ReplicasUnavailable,
     ];
 
     pub fn from_u16(code: u16) -> Option<ErrorCode> {
@@ -118,6 +123,7 @@ impl ErrorCode {
             ErrorCode::DiskFull => "disk_full",
             ErrorCode::NotPrimary => "not_primary",
             ErrorCode::Internal => "internal",
+            ErrorCode::ReplicasUnavailable => "replicas_unavailable",
         }
     }
 }
@@ -155,7 +161,7 @@ mod tests {
 
     /// The wire numbers and names, written out by hand. A reordered, renumbered or renamed code
     /// fails here: clients in the field branch on these numbers.
-    const EXPECTED: [(ErrorCode, u16, &str); 24] = [
+    const EXPECTED: [(ErrorCode, u16, &str); 25] = [
         (ErrorCode::BadFrame, 1, "bad_frame"),
         (ErrorCode::FrameTooLarge, 2, "frame_too_large"),
         (ErrorCode::TooManyOps, 3, "too_many_ops"),
@@ -180,6 +186,7 @@ mod tests {
         (ErrorCode::DiskFull, 22, "disk_full"),
         (ErrorCode::NotPrimary, 23, "not_primary"),
         (ErrorCode::Internal, 24, "internal"),
+        (ErrorCode::ReplicasUnavailable, 25, "replicas_unavailable"),
     ];
 
     #[test]

@@ -93,6 +93,10 @@ pub enum Reply {
         token: Token,
     },
     Stats(StatsReply),
+    /// This node is primary from `epoch` on.
+    Promote {
+        epoch: u64,
+    },
 }
 
 /// STATS: named figures (`shard.0.counters`, `node.connections`, ...) and the split counters.
@@ -113,6 +117,7 @@ impl Reply {
             Reply::AddBounded { .. } => Opcode::AddBounded,
             Reply::Reset { .. } => Opcode::Reset,
             Reply::Stats(_) => Opcode::Stats,
+            Reply::Promote { .. } => Opcode::Promote,
         }
     }
 
@@ -192,6 +197,7 @@ impl Reply {
                 }
                 buf[split_count_at..split_count_at + 2].copy_from_slice(&split.to_le_bytes());
             }
+            Reply::Promote { epoch } => buf.put_u64_le(*epoch),
         }
         patch_len(buf, len_at, start);
     }
@@ -284,6 +290,7 @@ impl Reply {
                 }
                 Reply::Stats(StatsReply { figures, split })
             }
+            Opcode::Promote => Reply::Promote { epoch: c.u64()? },
         };
         c.finish()?;
         Ok(reply)

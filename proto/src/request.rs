@@ -20,6 +20,8 @@ pub enum Opcode {
     AddBounded = 0x06,
     Reset = 0x07,
     Stats = 0x08,
+    /// Admin: make this replica the primary (replication; docs/replication.md).
+    Promote = 0x10,
 }
 
 impl Opcode {
@@ -33,6 +35,7 @@ impl Opcode {
             0x06 => Opcode::AddBounded,
             0x07 => Opcode::Reset,
             0x08 => Opcode::Stats,
+            0x10 => Opcode::Promote,
             _ => return None,
         })
     }
@@ -111,6 +114,10 @@ pub enum Request<'a> {
     },
     /// Per-shard statistics.
     Stats,
+    /// Admin: promote this replica to primary under a higher epoch, after fencing its peers and
+    /// collecting what they have that it lacks. `force`: go on without peers that do not answer
+    /// within `wait_ms` (writes acknowledged only on them are lost).
+    Promote { force: bool, wait_ms: u32 },
 }
 
 const FLAG_KEY: u8 = 1 << 0;
@@ -118,6 +125,7 @@ const FLAG_FRESH: u8 = 1 << 0;
 const FLAG_TOKEN: u8 = 1 << 1;
 const FLAG_MIN: u8 = 1 << 0;
 const FLAG_MAX: u8 = 1 << 1;
+const FLAG_FORCE: u8 = 1 << 0;
 
 /// The encoder cuts names and reasons longer than this. Anything this long is far past
 /// `NAME_BYTES_MAX` and `REASON_BYTES_MAX`, so the server still refuses it with `NameTooLong` or
@@ -140,6 +148,7 @@ impl<'a> Request<'a> {
             Request::AddBounded { .. } => Opcode::AddBounded,
             Request::Reset { .. } => Opcode::Reset,
             Request::Stats => Opcode::Stats,
+            Request::Promote { .. } => Opcode::Promote,
         }
     }
 
@@ -152,7 +161,7 @@ impl<'a> Request<'a> {
             | Request::Cas { name, .. }
             | Request::AddBounded { name, .. }
             | Request::Reset { name, .. } => Some(name),
-            Request::Hello { .. } | Request::Stats => None,
+            Request::Hello { .. } | Request::Stats | Request::Promote { .. } => None,
         }
     }
 
@@ -237,6 +246,10 @@ impl<'a> Request<'a> {
                 buf.put_slice(reason);
             }
             Request::Stats => {}
+            Request::Promote { force, wait_ms } => {
+                buf.put_u8(if force { FLAG_FORCE } else { 0 });
+                buf.put_u32_le(wait_ms);
+            }
         }
         let len = buf.len() - start;
         assert!(
@@ -340,6 +353,13 @@ impl<'a> Request<'a> {
                 Request::Reset { name, value, reason }
             }
             Opcode::Stats => Request::Stats,
+            Opcode::Promote => {
+                let flags = c.u8()?;
+                Request::Promote {
+                    force: flags & FLAG_FORCE != 0,
+                    wait_ms: c.u32()?,
+                }
+            }
         };
         c.finish()?;
         Ok(request)
@@ -550,12 +570,13 @@ mod tests {
             (Opcode::AddBounded, 0x06),
             (Opcode::Reset, 0x07),
             (Opcode::Stats, 0x08),
+            (Opcode::Promote, 0x10),
         ];
         for (op, number) in expected {
             assert_eq!(op as u8, number, "{op:?}");
             assert_eq!(Opcode::from_u8(number), Some(op));
         }
-        for number in (0u8..=255).filter(|n| !(1..=8).contains(n)) {
+        for number in (0u8..=255).filter(|n| !(1..=8).contains(n) && *n != 0x10) {
             assert_eq!(Opcode::from_u8(number), None, "0x{number:02x} is unassigned");
         }
         assert_eq!(CounterKind::Analytic as u8, 0);
@@ -664,6 +685,13 @@ mod tests {
                 op(0x07, &le(&[&0i64.to_le_bytes(), &[1, 0], b"n", &[3, 0], b"why"])),
             ),
             (Request::Stats, op(0x08, b"")),
+            (
+                Request::Promote {
+                    force: true,
+                    wait_ms: 5000,
+                },
+                op(0x10, &le(&[&[1], &5000u32.to_le_bytes()])),
+            ),
         ];
         for (request, bytes) in cases {
             assert_eq!(encoded(&request), bytes, "{request:?}");

@@ -202,6 +202,11 @@ impl AsyncClient {
         Ok(self.call(Op::Stats).await?.expect_stats())
     }
 
+    /// Admin: promotes the connected replica to primary (see `Client::promote`). Returns the epoch.
+    pub async fn promote(&self, force: bool, wait_ms: u32) -> Result<u64, Error> {
+        Ok(self.call(Op::Promote { force, wait_ms }).await?.expect_promote())
+    }
+
     /// Sends one op of any kind.
     pub async fn call(&self, op: Op<'_>) -> Result<Outcome, Error> {
         let mut results = self.run(std::slice::from_ref(&op), 1, 1).await;

@@ -233,6 +233,14 @@ impl Client {
         Ok(self.call(Op::Stats)?.expect_stats())
     }
 
+    /// Admin: promotes the node this client is connected to (a replica) to primary. It fences its
+    /// peers and collects what they have first; `force` goes on without peers silent for `wait_ms`
+    /// (losing writes acknowledged only on them). Returns the new epoch. Never retried; the
+    /// client's request timeout must exceed `wait_ms`.
+    pub fn promote(&mut self, force: bool, wait_ms: u32) -> Result<u64, Error> {
+        Ok(self.call(Op::Promote { force, wait_ms })?.expect_promote())
+    }
+
     /// Sends one op of any kind.
     pub fn call(&mut self, op: Op<'_>) -> Result<Outcome, Error> {
         let mut results = exchange::run(self, std::slice::from_ref(&op), 1, 1);

@@ -55,6 +55,8 @@ pub enum Op<'a> {
     },
     /// Per-shard statistics.
     Stats,
+    /// Admin: promote the node this is sent to (a replica) to primary.
+    Promote { force: bool, wait_ms: u32 },
 }
 
 impl<'a> Op<'a> {
@@ -67,6 +69,7 @@ impl<'a> Op<'a> {
             Op::AddBounded { .. } => Opcode::AddBounded,
             Op::Reset { .. } => Opcode::Reset,
             Op::Stats => Opcode::Stats,
+            Op::Promote { .. } => Opcode::Promote,
         }
     }
 
@@ -79,7 +82,7 @@ impl<'a> Op<'a> {
             | Op::Cas { name, .. }
             | Op::AddBounded { name, .. }
             | Op::Reset { name, .. } => Some(name),
-            Op::Stats => None,
+            Op::Stats | Op::Promote { .. } => None,
         }
     }
 
@@ -130,6 +133,7 @@ impl<'a> Op<'a> {
                 reason: own(reason),
             },
             Op::Stats => Op::Stats,
+            Op::Promote { force, wait_ms } => Op::Promote { force, wait_ms },
         }
     }
 
@@ -146,7 +150,8 @@ impl<'a> Op<'a> {
         match self {
             Op::Get { .. } | Op::Stats | Op::Create { .. } => true,
             Op::Incr { .. } | Op::AddBounded { .. } => key.is_some(),
-            Op::Cas { .. } | Op::Reset { .. } => false,
+            // A promotion that succeeded answers a retry with "already primary".
+            Op::Cas { .. } | Op::Reset { .. } | Op::Promote { .. } => false,
         }
     }
 
@@ -191,6 +196,10 @@ impl<'a> Op<'a> {
                 reason,
             },
             Op::Stats => Request::Stats,
+            Op::Promote { force, wait_ms } => Request::Promote {
+                force: *force,
+                wait_ms: *wait_ms,
+            },
         }
     }
 
@@ -230,6 +239,7 @@ pub(crate) fn reply_bytes_max(opcode: Opcode) -> usize {
         Opcode::Create => 1 + 1 + 8,
         Opcode::Cas => 8 + TOKEN_BYTES,
         Opcode::Reset => 8 + 8 + TOKEN_BYTES,
+        Opcode::Promote => 8,
         Opcode::Hello | Opcode::Stats => OP_PAYLOAD_BYTES_MAX,
     };
     REPLY_OP_HEADER_BYTES + success.max(ERROR_REPLY_FIXED_BYTES + ERROR_MESSAGE_BYTES_MAX)

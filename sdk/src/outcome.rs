@@ -61,6 +61,10 @@ pub enum Outcome {
     AddBounded(WriteAck),
     Reset(ResetAck),
     Stats(StatsReply),
+    /// PROMOTE: the node is primary from this epoch on.
+    Promote {
+        epoch: u64,
+    },
 }
 
 impl Outcome {
@@ -71,7 +75,7 @@ impl Outcome {
             Outcome::Get(reading) => Some(reading.value),
             Outcome::Create(created) => Some(created.value),
             Outcome::Reset(reset) => Some(reset.new),
-            Outcome::Stats(_) => None,
+            Outcome::Stats(_) | Outcome::Promote { .. } => None,
         }
     }
 
@@ -131,6 +135,13 @@ impl Outcome {
         }
     }
 
+    pub(crate) fn expect_promote(self) -> u64 {
+        match self {
+            Outcome::Promote { epoch } => epoch,
+            other => panic!("PROMOTE answered with {other:?}"),
+        }
+    }
+
     pub(crate) fn from_reply(reply: Reply) -> Result<Outcome, Error> {
         let write_ack = |value, flags: u8, token| WriteAck {
             value,
@@ -157,6 +168,7 @@ impl Outcome {
             }),
             Reply::Reset { old, new, token } => Outcome::Reset(ResetAck { old, new, token }),
             Reply::Stats(stats) => Outcome::Stats(stats),
+            Reply::Promote { epoch } => Outcome::Promote { epoch },
             Reply::Hello(_) => return Err(Error::Protocol("HELLO reply to a non-HELLO op".into())),
         })
     }

@@ -599,6 +599,7 @@ fn apply(state: &mut State, shared: &Shared, shard: u16, request: &Request<'_>) 
                 token: Token { shard, lsn: state.lsn },
             })
         }
+        Request::Promote { .. } => Err(refuse(ErrorCode::InvalidArgument, None, "the fake is no replica")),
         Request::Stats => Ok(Reply::Stats(StatsReply {
             figures: vec![
                 ("fake.counters".into(), state.counters.len() as i64),
