@@ -259,6 +259,11 @@ impl<S: Storage> Wal<S> {
         self.commit.borrow().lsn_durable()
     }
 
+    /// Whether a commit, maintenance or snapshot is running (see `install_snapshot`).
+    pub fn is_busy(&self) -> bool {
+        self.committing.get() || self.maintaining.get() || self.snapshotting.get() || self.rotating.get()
+    }
+
     /// The segment files on disk, oldest first.
     pub fn segment_files(&self) -> Vec<String> {
         self.state.borrow().segments.iter().map(|s| s.file.clone()).collect()
