@@ -503,6 +503,14 @@ impl Shard {
         merged
     }
 
+    /// The stable id (`name_id` in log records) this shard gives `name`, if it holds the name. A
+    /// replica logs records it received with the ids its own shard gives their names (the ids in a
+    /// received record belong to its sender).
+    pub fn name_id(&self, name: &[u8]) -> Option<u32> {
+        let key = Key::new(name);
+        self.table.find(key.hash, key.name).map(|entry| entry.name_at)
+    }
+
     fn owned_entry(&self, key: Key<'_>) -> Option<Entry> {
         if key.name_hash % u64::from(self.config.shards) != u64::from(self.config.shard) {
             return None;

@@ -218,7 +218,7 @@ mod tests {
             None,
             "0 is the success status, never an error code"
         );
-        assert_eq!(ErrorCode::from_u16(25), None);
+        assert_eq!(ErrorCode::from_u16(26), None);
         assert_eq!(ErrorCode::from_u16(u16::MAX), None);
     }
 

@@ -341,6 +341,15 @@ async fn append(runtime: &Rc<ShardRuntime>, epoch: u64, lsn_from: u64, ship: &Sh
                 failure = Some(format!("shard {shard}: replaying shipped lsn {lsn}: {e}"));
                 return;
             }
+            // The WAL's segment dictionary is keyed by name id: use this shard's id for the name,
+            // not the frame-local one the record arrived with (ids of different frames collide).
+            let Some(name_id) = engine.name_id(record.name()) else {
+                failure = Some(format!(
+                    "shard {shard}: shipped lsn {lsn} names a counter replay did not create"
+                ));
+                return;
+            };
+            let record = record.with_name_id(name_id);
             runtime.wal.append(lsn, &record);
             ship_log.push(lsn, &record);
             next = lsn + 1;
