@@ -21,6 +21,7 @@ use tally_proto::frame::decode_error_frame;
 use tally_proto::limits::FRAME_HEADER_BYTES;
 use tally_proto::{decode_reply_op, FrameBuilder, FrameHeader, FrameKind, ReplyOp, Request};
 
+pub mod cluster;
 pub mod jepsen;
 pub mod ports;
 pub mod proxy;
