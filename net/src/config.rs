@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::Parser;
 use tally_engine::{HotConfig, NamespaceRule};
 use tally_proto::CounterKind;
+use tally_replicate::AckMode;
 
 use crate::log::Level;
 
@@ -83,6 +84,45 @@ pub struct Config {
     /// Idempotency-key dedup window in seconds.
     #[arg(long, env = "TALLY_DEDUP_WINDOW_SECS", default_value_t = 300)]
     pub dedup_window_secs: u64,
+
+    /// Replication peers, by their main `--listen` address (repeatable, at most 2). On a primary:
+    /// its replicas. On a replica: its fellow replicas, which it fences when promoted and ships to
+    /// afterwards. A replica must serve its shards on the default ports (listen port + 1 + shard).
+    #[arg(long = "replica", env = "TALLY_REPLICA", value_delimiter = ',')]
+    pub replicas: Vec<SocketAddr>,
+
+    /// Start as a replica of the primary at this main address (unless this data directory was
+    /// promoted to primary since: the role persists in `DATA_DIR/node`).
+    #[arg(long, env = "TALLY_REPLICA_OF")]
+    pub replica_of: Option<SocketAddr>,
+
+    /// When a write is acknowledged: `local` (this node's fsync), `quorum` (and one replica's
+    /// fsync; the default with replicas), `all` (and every replica's).
+    #[arg(long, env = "TALLY_ACK_MODE", value_enum)]
+    pub ack_mode: Option<AckModeArg>,
+
+    /// How long a write waits for the replica acks its mode needs before it fails with
+    /// `replicas_unavailable` (outcome unknown: retry with the same idempotency key).
+    #[arg(long, env = "TALLY_REPLICATION_WAIT_MS", default_value_t = 2_000)]
+    pub replication_wait_ms: u64,
+}
+
+/// `--ack-mode` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AckModeArg {
+    Local,
+    Quorum,
+    All,
+}
+
+impl AckModeArg {
+    pub fn mode(self) -> AckMode {
+        match self {
+            AckModeArg::Local => AckMode::Local,
+            AckModeArg::Quorum => AckMode::Quorum,
+            AckModeArg::All => AckMode::All,
+        }
+    }
 }
 
 impl Config {
@@ -94,6 +134,21 @@ impl Config {
             merge_rate_per_sec: self.merge_rate,
             forced: self.split_force.iter().map(|n| n.as_bytes().to_vec()).collect(),
             ..HotConfig::default()
+        }
+    }
+
+    /// The default ack mode: as given, else `quorum` with replicas and `local` without. A replicated
+    /// mode without replicas is refused rather than silently downgraded.
+    pub fn ack_mode(&self) -> Result<AckMode, String> {
+        let replicated = !self.replicas.is_empty() || self.replica_of.is_some();
+        match self.ack_mode {
+            None if replicated => Ok(AckMode::Quorum),
+            None => Ok(AckMode::Local),
+            Some(AckModeArg::Local) => Ok(AckMode::Local),
+            Some(mode) if replicated => Ok(mode.mode()),
+            Some(mode) => Err(format!(
+                "--ack-mode {mode:?} needs replicas (--replica HOST:PORT); use local on a node without them"
+            )),
         }
     }
 
@@ -150,6 +205,19 @@ mod tests {
         assert_eq!(config.data_dir, PathBuf::from("./tally-data"));
         assert_eq!(config.shards, None);
         assert!(config.hot().enabled);
+        assert_eq!(config.ack_mode(), Ok(AckMode::Local));
+    }
+
+    #[test]
+    fn ack_mode_defaults_to_quorum_with_replicas_and_needs_them() {
+        let config =
+            Config::try_parse_from(["tallyd", "--replica", "127.0.0.1:7500", "--replica", "127.0.0.1:7600"]).unwrap();
+        assert_eq!(config.replicas.len(), 2);
+        assert_eq!(config.ack_mode(), Ok(AckMode::Quorum));
+        let config = Config::try_parse_from(["tallyd", "--ack-mode", "all"]).unwrap();
+        assert!(config.ack_mode().is_err(), "all without replicas is refused");
+        let config = Config::try_parse_from(["tallyd", "--replica-of", "127.0.0.1:7400", "--ack-mode", "all"]).unwrap();
+        assert_eq!(config.ack_mode(), Ok(AckMode::All));
     }
 
     #[test]

@@ -27,7 +27,7 @@ use tally_proto::{
 
 use crate::limits::{READ_BUFFER_BYTES, WRITE_FLUSH_BYTES};
 use crate::mesh::ShardFigures;
-use crate::shard::{fail_undurable_writes, failure_of, is_write, ForwardBatch, ShardRuntime};
+use crate::shard::{fail_unacked_writes, failure_of, is_write, ForwardBatch, ShardRuntime};
 
 /// One slot of a frame's reply.
 pub enum Item {
@@ -60,6 +60,9 @@ pub struct FrameState {
     pending: u32,
     /// The LSN this shard's log must have made durable before the frame is answered.
     lsn_needed: u64,
+    /// When the frame was read: its writes wait for replica acks at most the replication wait from
+    /// here.
+    since: std::time::Instant,
 }
 
 impl FrameState {
@@ -70,6 +73,7 @@ impl FrameState {
             items: Vec::new(),
             pending: 0,
             lsn_needed: 0,
+            since: std::time::Instant::now(),
         }
     }
 
@@ -103,15 +107,16 @@ impl FrameState {
         }
     }
 
-    /// The log failed before this frame was durable: its writes' outcomes become unknown.
-    fn fail_undurable_writes(&mut self, lsn_durable: u64) {
+    /// The ack this frame waited for will not come: its writes beyond `lsn_ackable` get `code`
+    /// (their outcomes are unknown).
+    fn fail_unacked_writes(&mut self, lsn_ackable: u64, code: ErrorCode, message: &str) {
         let outcomes = self.items.iter_mut().filter_map(|item| match item {
             Item::Done {
                 outcome, local: true, ..
             } => Some(outcome),
             _ => None,
         });
-        fail_undurable_writes(outcomes, lsn_durable);
+        fail_unacked_writes(outcomes, lsn_ackable, code, message);
     }
 
     fn is_complete(&self) -> bool {
@@ -168,6 +173,13 @@ fn stats_reply(shard: &ShardRuntime, shards: &[Option<ShardFigures>]) -> Reply {
         .figures
         .push(("node.shards_answered".into(), shards.iter().flatten().count() as i64));
     let mut answered: Vec<&ShardFigures> = shards.iter().flatten().collect();
+    stats
+        .figures
+        .push(("node.role".into(), i64::from(shard.repl.replica.is_some())));
+    let epoch = answered.iter().map(|f| f.epoch).max().unwrap_or(0);
+    stats
+        .figures
+        .push(("node.epoch".into(), i64::try_from(epoch).unwrap_or(i64::MAX)));
     answered.sort_by_key(|f| f.shard);
     for figures in answered {
         figures.push_figures(&mut stats.figures);
@@ -195,6 +207,15 @@ pub async fn serve<S>(shard: Rc<ShardRuntime>, stream: S)
 where
     S: AsyncRead + AsyncWrite + Unpin + 'static,
 {
+    let mut stream = stream;
+    // A node's replication connection starts with the preamble; a client's frame cannot.
+    let Some(first) = sniff(&shard, &mut stream).await else {
+        return;
+    };
+    if first == crate::replication::PREAMBLE {
+        crate::replication::replica::serve_peer(shard, stream).await;
+        return;
+    }
     let (reader, writer) = futures_lite::io::split(stream);
     let conn = Rc::new(Conn {
         shard,
@@ -205,10 +226,35 @@ where
         reader_done: Cell::new(false),
     });
     let writer_task = glommio::spawn_local(write_loop(conn.clone(), writer));
-    read_loop(&conn, reader).await;
+    read_loop(&conn, reader, &first).await;
     conn.reader_done.set(true);
     conn.wake.signal(1);
     writer_task.await;
+}
+
+/// Reads the connection's first bytes: up to the preamble's length, fewer if they stop matching it
+/// or the peer closes. `None` if the peer closed before sending anything or shutdown came first.
+async fn sniff<S: AsyncRead + Unpin>(shard: &ShardRuntime, stream: &mut S) -> Option<Vec<u8>> {
+    let preamble = crate::replication::PREAMBLE;
+    let mut first = Vec::with_capacity(preamble.len());
+    let mut byte = [0u8; 8];
+    while first.len() < preamble.len() && preamble.starts_with(&first) {
+        let want = preamble.len() - first.len();
+        let shutdown = shard.shutdown.clone();
+        let read = futures_lite::future::or(
+            async { stream.read(&mut byte[..want]).await.map_or(Read::Stop, Read::Bytes) },
+            async move {
+                let _ = shutdown.acquire(1).await;
+                Read::Stop
+            },
+        )
+        .await;
+        match read {
+            Read::Bytes(0) | Read::Stop => return (!first.is_empty()).then_some(first),
+            Read::Bytes(n) => first.extend_from_slice(&byte[..n]),
+        }
+    }
+    Some(first)
 }
 
 /// Refuses a connection over `CONNECTIONS_MAX`: one error frame, then close.
@@ -227,9 +273,10 @@ enum Read {
     Stop,
 }
 
-async fn read_loop<R: AsyncRead + Unpin>(conn: &Rc<Conn>, mut reader: R) {
+async fn read_loop<R: AsyncRead + Unpin>(conn: &Rc<Conn>, mut reader: R, first: &[u8]) {
     let mut buf = vec![0u8; READ_BUFFER_BYTES];
-    let (mut start, mut end) = (0usize, 0usize);
+    buf[..first.len()].copy_from_slice(first);
+    let (mut start, mut end) = (0usize, first.len());
     // Body bytes of a refused frame still to be discarded.
     let mut skip: usize = 0;
     loop {
@@ -334,6 +381,7 @@ async fn serve_frame(conn: &Rc<Conn>, header: &FrameHeader, body: &[u8]) {
     let mut items = Vec::with_capacity(header.op_count as usize);
     let mut outgoing: Vec<Outgoing> = Vec::new();
     let mut stats_at = None;
+    let mut promote_at = None;
     let mut wrote = false;
     let mut client = conn.client.borrow().clone();
     for (index, (opcode, op)) in RequestOps::new(body, header.op_count).enumerate() {
@@ -355,6 +403,10 @@ async fn serve_frame(conn: &Rc<Conn>, header: &FrameHeader, body: &[u8]) {
                     shards: vec![Some(shard.figures())],
                     awaiting,
                 }
+            }
+            Ok(Request::Promote { force, wait_ms }) => {
+                promote_at = Some((index as u16, force, wait_ms));
+                Item::Remote { opcode }
             }
             Ok(op) => match shard
                 .apply_logged(
@@ -400,13 +452,15 @@ async fn serve_frame(conn: &Rc<Conn>, header: &FrameHeader, body: &[u8]) {
     // (an upper bound of every LSN they took, duplicates' original LSNs included).
     let lsn_needed = if wrote { shard.engine.borrow().lsn() } else { 0 };
     let pending = outgoing.iter().map(|o| o.indices.len() as u32).sum::<u32>()
-        + u32::from(stats_at.is_some() && shard.node.shards > 1);
+        + u32::from(stats_at.is_some() && shard.node.shards > 1)
+        + u32::from(promote_at.is_some());
     let frame = Rc::new(RefCell::new(FrameState {
         request_id: header.request_id,
         refused: None,
         items,
         pending,
         lsn_needed,
+        since: std::time::Instant::now(),
     }));
     conn.queue.borrow_mut().push_back(frame.clone());
     if pending == 0 {
@@ -428,6 +482,21 @@ async fn serve_frame(conn: &Rc<Conn>, header: &FrameHeader, body: &[u8]) {
         if shard.node.shards > 1 {
             shard.gather_stats(&frame, index, &conn.wake).await;
         }
+    }
+    if let Some((index, force, wait_ms)) = promote_at {
+        let (shard, frame, wake) = (shard.clone(), frame.clone(), conn.wake.clone());
+        glommio::spawn_local(async move {
+            let wait = std::time::Duration::from_millis(u64::from(wait_ms));
+            let outcome = crate::node::promote_node(&shard, force, wait).await;
+            let promoted = outcome.is_ok();
+            frame.borrow_mut().fill_remote(&[index], vec![outcome]);
+            wake.signal(1);
+            if promoted {
+                // The reply is queued; the graceful restart answers it before connections close.
+                crate::node::request_role_change(&shard.node, crate::replication::state::PersistedRole::Primary);
+            }
+        })
+        .detach();
     }
 }
 
@@ -453,14 +522,27 @@ async fn write_loop<W: AsyncWrite + Unpin>(conn: Rc<Conn>, mut writer: W) {
             if !head.borrow().is_complete() {
                 break;
             }
-            let lsn_needed = head.borrow().lsn_needed;
-            match conn.shard.durable.check(lsn_needed) {
+            let (lsn_needed, since) = {
+                let head = head.borrow();
+                (head.lsn_needed, head.since)
+            };
+            let shard = &conn.shard;
+            let mode = shard.repl.settings.ack_mode;
+            match shard.durable.check_mode(lsn_needed, mode) {
                 Some(Ok(())) => {}
-                Some(Err(_)) => head
-                    .borrow_mut()
-                    .fail_undurable_writes(conn.shard.durable.lsn_durable()),
+                Some(Err(fault)) => {
+                    let (code, message) = fault.failure();
+                    head.borrow_mut()
+                        .fail_unacked_writes(shard.durable.lsn_ackable(mode), code, message);
+                }
+                None if since.elapsed() >= shard.repl.settings.wait => {
+                    if let Err((code, message)) = shard.wait_ackable(lsn_needed, since).await {
+                        head.borrow_mut()
+                            .fail_unacked_writes(shard.durable.lsn_ackable(mode), code, message);
+                    }
+                }
                 None => {
-                    durable_wait = Some(lsn_needed);
+                    durable_wait = Some((lsn_needed, since));
                     break;
                 }
             }
@@ -479,9 +561,10 @@ async fn write_loop<W: AsyncWrite + Unpin>(conn: Rc<Conn>, mut writer: W) {
             conn.in_flight.signal(frames);
             continue;
         }
-        if let Some(lsn) = durable_wait {
-            // The head is answered, but not durable yet: the next fsync (or the poison) wakes us.
-            let _ = conn.shard.durable.wait(lsn).await;
+        if let Some((lsn, since)) = durable_wait {
+            // The head is answered, but not acknowledgeable yet: the next fsync or replica ack (or
+            // the poison, or the replication wait running out) wakes us.
+            let _ = conn.shard.wait_ackable(lsn, since).await;
             continue;
         }
         if conn.reader_done.get() && conn.queue.borrow().is_empty() {
@@ -549,6 +632,7 @@ mod tests {
             ],
             pending: 2,
             lsn_needed: 0,
+            since: std::time::Instant::now(),
         };
         assert!(!frame.is_complete());
         frame.fill_remote(&[0], vec![Err(Failure::new(ErrorCode::Overflow, "o"))]);

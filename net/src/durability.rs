@@ -10,6 +10,7 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use glommio::sync::Semaphore;
+use tally_replicate::AckMode;
 
 /// Why a shard's log takes no more writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,6 +18,25 @@ pub enum LogFault {
     /// A write or fdatasync failed. Nothing after `lsn_durable` is durable, and nothing will be
     /// until the node restarts and recovers from disk.
     Poisoned,
+    /// This node learnt of a higher epoch: it is no longer primary and acks nothing more. Writes
+    /// not yet acknowledged have an unknown outcome.
+    SteppedDown,
+}
+
+impl LogFault {
+    /// The error code and message a write waiting for its ack gets.
+    pub fn failure(self) -> (tally_proto::ErrorCode, &'static str) {
+        match self {
+            LogFault::Poisoned => (
+                tally_proto::ErrorCode::LogPoisoned,
+                "the shard's log failed before this write was durable: its outcome is unknown",
+            ),
+            LogFault::SteppedDown => (
+                tally_proto::ErrorCode::NotPrimary,
+                "this node stopped being primary before the write was acknowledged: its outcome is unknown",
+            ),
+        }
+    }
 }
 
 /// The highest LSN known durable, and a way to wait for it to pass a given LSN. Waking is a
@@ -24,6 +44,11 @@ pub enum LogFault {
 /// fresh one, so one fsync wakes every ack that waited on it at the cost of one close.
 pub struct DurableWatch {
     lsn_durable: Cell<u64>,
+    /// The highest lsn acknowledgeable in the replicated modes (`Quorum::lsn_ackable`); equal to
+    /// `lsn_durable` on a node without replicas.
+    lsn_quorum: Cell<u64>,
+    lsn_all: Cell<u64>,
+    replicated: Cell<bool>,
     fault: Cell<Option<LogFault>>,
     advanced: RefCell<Rc<Semaphore>>,
 }
@@ -32,6 +57,9 @@ impl DurableWatch {
     pub fn new(lsn_durable: u64) -> DurableWatch {
         DurableWatch {
             lsn_durable: Cell::new(lsn_durable),
+            lsn_quorum: Cell::new(lsn_durable),
+            lsn_all: Cell::new(lsn_durable),
+            replicated: Cell::new(false),
             fault: Cell::new(None),
             advanced: RefCell::new(Rc::new(Semaphore::new(0))),
         }
@@ -58,7 +86,66 @@ impl DurableWatch {
         assert!(lsn >= self.lsn_durable.get(), "the durable LSN only increases");
         assert!(self.fault.get().is_none(), "a poisoned log never becomes durable again");
         self.lsn_durable.set(lsn);
+        if !self.replicated.get() {
+            self.lsn_quorum.set(lsn);
+            self.lsn_all.set(lsn);
+        }
         self.wake_all();
+    }
+
+    /// From now on the replicated modes follow `replicated_to`, not the local fsync alone.
+    pub fn set_replicated(&self) {
+        self.replicated.set(true);
+    }
+
+    /// Records what the replicated modes may acknowledge (each only increases) and wakes waiters.
+    pub fn replicated_to(&self, lsn_quorum: u64, lsn_all: u64) {
+        let (quorum, all) = (self.lsn_quorum.get().max(lsn_quorum), self.lsn_all.get().max(lsn_all));
+        if (quorum, all) != (self.lsn_quorum.get(), self.lsn_all.get()) {
+            self.lsn_quorum.set(quorum);
+            self.lsn_all.set(all);
+            self.wake_all();
+        }
+    }
+
+    /// Forgets the log's end: a replica whose log was replaced by a snapshot at `lsn`.
+    pub fn reset(&self, lsn: u64) {
+        self.lsn_durable.set(lsn);
+        self.lsn_quorum.set(lsn);
+        self.lsn_all.set(lsn);
+        self.wake_all();
+    }
+
+    /// The highest lsn a write acknowledged in `mode` may have.
+    pub fn lsn_ackable(&self, mode: AckMode) -> u64 {
+        match mode {
+            AckMode::Local => self.lsn_durable.get(),
+            AckMode::Quorum => self.lsn_quorum.get().min(self.lsn_durable.get()),
+            AckMode::All => self.lsn_all.get().min(self.lsn_durable.get()),
+        }
+    }
+
+    /// `check` for an ack in `mode`.
+    pub fn check_mode(&self, lsn: u64, mode: AckMode) -> Option<Result<(), LogFault>> {
+        if lsn <= self.lsn_ackable(mode) {
+            return Some(Ok(()));
+        }
+        self.fault.get().map(Err)
+    }
+
+    /// Waits until `lsn` is acknowledgeable in `mode`, the log fails, or `deadline` passes
+    /// (`Ok(false)`).
+    pub async fn wait_mode(&self, lsn: u64, mode: AckMode, deadline: std::time::Instant) -> Result<bool, LogFault> {
+        loop {
+            if let Some(result) = self.check_mode(lsn, mode) {
+                return result.map(|()| true);
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return Ok(false);
+            }
+            futures_lite::future::or(self.changed(), glommio::timer::sleep(deadline - now)).await;
+        }
     }
 
     /// Poisons the log: waiters beyond the durable LSN get the fault.

@@ -16,6 +16,7 @@ pub mod log;
 pub mod mesh;
 pub mod node;
 pub mod recovery;
+pub mod replication;
 pub mod shard;
 pub mod system;
 

@@ -62,6 +62,11 @@ pub struct ShardFigures {
     pub log_poisoned: bool,
     pub disk_full: bool,
     pub snapshots: u64,
+    /// Replication: 1 on a replica, 0 on a primary.
+    pub replica: bool,
+    pub epoch: u64,
+    /// Per replica link (on a primary): (acked lsn, lag in lsns, lag in ms, connected).
+    pub links: Vec<(u64, u64, u64, bool)>,
 }
 
 impl ShardFigures {
@@ -92,6 +97,17 @@ impl ShardFigures {
         ];
         for (key, value) in figures {
             out.push((format!("shard.{s}.{key}"), i64::try_from(value).unwrap_or(i64::MAX)));
+        }
+        out.push((
+            format!("shard.{s}.epoch"),
+            i64::try_from(self.epoch).unwrap_or(i64::MAX),
+        ));
+        for (r, (acked, lag_lsns, lag_ms, connected)) in self.links.iter().enumerate() {
+            let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+            out.push((format!("shard.{s}.repl.{r}.lsn_acked"), clamp(*acked)));
+            out.push((format!("shard.{s}.repl.{r}.lag_lsns"), clamp(*lag_lsns)));
+            out.push((format!("shard.{s}.repl.{r}.lag_ms"), clamp(*lag_ms)));
+            out.push((format!("shard.{s}.repl.{r}.connected"), i64::from(*connected)));
         }
     }
 }

@@ -15,7 +15,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener as StdTcpListener, Tc
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use glommio::channels::channel_mesh::MeshBuilder;
@@ -26,6 +26,9 @@ use tally_engine::{HotConfig, NamespaceRule, ShardConfig, SplitRegistry};
 use tally_proto::limits::{CONNECTIONS_MAX, SHARDS_MAX};
 use tally_proto::ErrorCode;
 use tally_wal::{DmaStorage, Recovered, Room, Wal, WalConfig, WalError};
+
+use tally_engine::{Failure, Outcome};
+use tally_replicate::{Replica, StreamPosition};
 
 use crate::config::Config;
 use crate::connection::{self, now_ms};
@@ -38,6 +41,11 @@ use crate::log;
 use crate::log::Level;
 use crate::mesh::{ShardReply, ShardRequest};
 use crate::recovery::{recover_node, RecoveredShard};
+use crate::replication::primary::{spawn_links, PrimarySide};
+use crate::replication::replica::{need_loop, ReplicaSide};
+use crate::replication::ship_log::ShipLog;
+use crate::replication::state::{NodeState, PersistedRole, StreamState};
+use crate::replication::{ReplSettings, ShardRepl};
 use crate::shard::{shutdown_requested, spawn_reply_receivers, spawn_request_receivers, ShardRuntime};
 use crate::system::{lock_data_dir, plan_memlock, usable_cpus, DataDirLock};
 
@@ -71,6 +79,124 @@ pub struct NodeShared {
     joined: AtomicUsize,
     drained: AtomicUsize,
     failed: AtomicBool,
+    /// The data directory (absolute), for the node file.
+    pub data_dir: PathBuf,
+    /// Whether this run serves as a replica.
+    pub is_replica: bool,
+    /// The node's persisted id and role (when replicating).
+    pub node_state: Option<NodeState>,
+    /// A role change that ends this run: the node stops and starts again in this role.
+    role_change: Mutex<Option<PersistedRole>>,
+    /// A promotion in progress: bumped generation, options and each shard's result.
+    promote_generation: AtomicU64,
+    promote: Mutex<PromoteJob>,
+}
+
+/// The node-wide state of a PROMOTE: every shard promotes its own stream.
+#[derive(Default)]
+struct PromoteJob {
+    force: bool,
+    wait: Duration,
+    results: Vec<Option<Result<u64, String>>>,
+}
+
+/// Ends this run of the node so that it starts again in `role` (persisted first).
+pub fn request_role_change(node: &NodeShared, role: PersistedRole) {
+    if let Some(state) = &node.node_state {
+        let state = NodeState {
+            role: Some(role.clone()),
+            ..state.clone()
+        };
+        if let Err(e) = state.store(&node.data_dir) {
+            log!(Level::Error, "persisting the role change: {e}");
+        }
+    }
+    let mut change = node.role_change.lock().unwrap_or_else(|e| e.into_inner());
+    if change.is_none() {
+        log!(Level::Info, "role change: restarting as {role:?}");
+        *change = Some(role);
+    }
+    node.shutdown.store(true, Ordering::Release);
+}
+
+/// Runs a PROMOTE on every shard and waits for them all. The caller restarts the node as primary
+/// once the reply is queued.
+pub async fn promote_node(runtime: &Rc<ShardRuntime>, force: bool, wait: Duration) -> Outcome {
+    let node = &runtime.node;
+    if !node.is_replica {
+        return Err(Failure::new(
+            ErrorCode::InvalidArgument,
+            "this node is already primary (or does not replicate)",
+        ));
+    }
+    {
+        let mut job = node.promote.lock().unwrap_or_else(|e| e.into_inner());
+        if job.results.iter().any(Option::is_none) && !job.results.is_empty() {
+            return Err(Failure::new(
+                ErrorCode::InvalidArgument,
+                "a promotion is already running",
+            ));
+        }
+        *job = PromoteJob {
+            force,
+            wait,
+            results: vec![None; node.shards as usize],
+        };
+    }
+    node.promote_generation.fetch_add(1, Ordering::AcqRel);
+    let deadline = Instant::now() + wait + Duration::from_secs(40);
+    loop {
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+        let job = node.promote.lock().unwrap_or_else(|e| e.into_inner());
+        if job.results.iter().all(Option::is_some) {
+            let mut epoch = 0;
+            let mut errors = Vec::new();
+            for result in job.results.iter().flatten() {
+                match result {
+                    Ok(e) => epoch = epoch.max(*e),
+                    Err(e) => errors.push(e.clone()),
+                }
+            }
+            if errors.is_empty() {
+                return Ok(tally_proto::Reply::Promote { epoch });
+            }
+            return Err(Failure::new(
+                ErrorCode::ReplicasUnavailable,
+                format!("promotion failed (this node stays a replica): {}", errors.join("; ")),
+            ));
+        }
+        if Instant::now() > deadline {
+            return Err(Failure::new(
+                ErrorCode::Internal,
+                "promotion did not finish on every shard",
+            ));
+        }
+    }
+}
+
+/// Starts this shard's part of a PROMOTE if one was requested since `seen`.
+fn poll_promotion(runtime: &Rc<ShardRuntime>, seen: &mut u64) {
+    let generation = runtime.node.promote_generation.load(Ordering::Acquire);
+    if generation == *seen {
+        return;
+    }
+    *seen = generation;
+    let (force, wait) = {
+        let job = runtime.node.promote.lock().unwrap_or_else(|e| e.into_inner());
+        (job.force, job.wait)
+    };
+    let runtime = runtime.clone();
+    glommio::spawn_local(async move {
+        let result = crate::replication::replica::promote(runtime.clone(), force, wait).await;
+        if let Err(e) = &result {
+            log!(Level::Warn, "{e}");
+        }
+        let mut job = runtime.node.promote.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = job.results.get_mut(runtime.id as usize) {
+            *slot = Some(result);
+        }
+    })
+    .detach();
 }
 
 /// What an engine of this node is configured with.
@@ -120,8 +246,27 @@ impl Node {
         if shards == 0 || shards > SHARDS_MAX {
             return Err(format!("--shards must be 1..={SHARDS_MAX}, got {shards}"));
         }
+        let replicating = !config.replicas.is_empty() || config.replica_of.is_some();
+        if config.replicas.len() > tally_replicate::limits::REPLICAS_MAX {
+            return Err(format!(
+                "at most {} --replica addresses, got {}",
+                tally_replicate::limits::REPLICAS_MAX,
+                config.replicas.len()
+            ));
+        }
+        let ack_mode = config.ack_mode()?;
+        let mut hot = config.hot();
+        if replicating && hot.enabled {
+            // A replica replays a primary's split-counter slots only through the cross-shard
+            // reconcile of a restart; this version does not replicate split counters.
+            log!(
+                Level::Info,
+                "replication: hot-counter splitting is off on replicated nodes"
+            );
+            hot.enabled = false;
+        }
         let settings = EngineSettings {
-            hot: config.hot(),
+            hot,
             namespaces: config.namespaces()?,
             dedup_window_ms: config.dedup_window_secs.saturating_mul(1000),
             segment_bytes: config.segment_mib.saturating_mul(1 << 20),
@@ -133,6 +278,33 @@ impl Node {
         // Absolute from here on: glommio's directory open (io_uring openat) refuses relative paths.
         let data_dir = std::fs::canonicalize(&config.data_dir)
             .map_err(|e| format!("data dir {}: {e}", config.data_dir.display()))?;
+        let node_state = if replicating {
+            let mut state = NodeState::load_or_create(&data_dir)?;
+            if state.role.is_none() {
+                state.role = Some(match config.replica_of {
+                    Some(primary) => PersistedRole::Replica {
+                        primary: primary.to_string(),
+                    },
+                    None => PersistedRole::Primary,
+                });
+                state.store(&data_dir)?;
+            }
+            Some(state)
+        } else {
+            None
+        };
+        let role = node_state
+            .as_ref()
+            .and_then(|s| s.role.clone())
+            .unwrap_or(PersistedRole::Primary);
+        let is_replica = matches!(role, PersistedRole::Replica { .. });
+        let shards = match (&role, config.shards) {
+            (PersistedRole::Replica { primary }, None) => replica_shard_count(&data_dir, primary)?,
+            _ => shards,
+        };
+        if shards == 0 || shards > SHARDS_MAX {
+            return Err(format!("--shards must be 1..={SHARDS_MAX}, got {shards}"));
+        }
         let memlock = plan_memlock(shards)?;
         if memlock.io_memory_bytes < crate::limits::IO_MEMORY_BYTES_DEFAULT {
             log!(
@@ -162,10 +334,53 @@ impl Node {
             drained: AtomicUsize::new(0),
             failed: AtomicBool::new(false),
             lsn_durable: (0..shards).map(|_| AtomicU64::new(0)).collect(),
+            data_dir: data_dir.clone(),
+            is_replica,
+            node_state: node_state.clone(),
+            role_change: Mutex::new(None),
+            promote_generation: AtomicU64::new(0),
+            promote: Mutex::new(PromoteJob::default()),
         });
         let splits = Arc::new(SplitRegistry::new(shards));
         let configs = (0..shards).map(|shard| settings.shard_config(shard, shards)).collect();
-        let recovered = recover_node(&data_dir, configs, &splits)?;
+        let mut recovered = recover_node(&data_dir, configs, &splits, replicating)?;
+        let repl_settings = ReplSettings {
+            node_id: node_state.as_ref().map_or(0, |s| s.node_id),
+            addr: listen.to_string(),
+            peers: config.replicas.clone(),
+            ack_mode,
+            wait: Duration::from_millis(config.replication_wait_ms),
+            shards,
+        };
+        let mut streams = Vec::with_capacity(shards as usize);
+        for r in &recovered {
+            streams.push(StreamState::load(&r.dir)?);
+        }
+        if !is_replica && repl_settings.enabled() {
+            // Every start of a primary opens a new epoch: records a crash lost here but a replica
+            // received (shipped before our fsync) become a foreign suffix the history detects,
+            // never a second version of the same (epoch, lsn).
+            let epoch = streams
+                .iter()
+                .map(|s| s.epoch.max(s.history.epoch_last()))
+                .max()
+                .unwrap_or(0)
+                + 1;
+            let lsn_first: Vec<u64> = recovered.iter().map(|r| r.engine.lsn() + 1).collect();
+            for (stream, r) in streams.iter_mut().zip(&recovered) {
+                stream.epoch = epoch;
+                stream.history.push(epoch, lsn_first.clone());
+                stream.store(&r.dir)?;
+            }
+            log!(Level::Info, "primary at epoch {epoch}, replicas {:?}", config.replicas);
+        }
+        for (r, stream) in recovered.iter_mut().zip(streams) {
+            r.stream = Some(stream);
+        }
+        let primary_addr = match &role {
+            PersistedRole::Replica { primary } => primary.clone(),
+            PersistedRole::Primary => listen.to_string(),
+        };
         let request_mesh = MeshBuilder::<ShardRequest, _>::full(shards as usize, CROSS_SHARD_QUEUE_DEPTH);
         let reply_mesh = MeshBuilder::<ShardReply, _>::full(shards as usize, CROSS_SHARD_QUEUE_DEPTH);
         let (ready_tx, ready_rx) = mpsc::channel::<Result<u16, String>>();
@@ -183,6 +398,9 @@ impl Node {
                 request_mesh: request_mesh.clone(),
                 reply_mesh: reply_mesh.clone(),
                 ready: ready_tx.clone(),
+                repl: repl_settings.clone(),
+                splits: splits.clone(),
+                primary_addr: primary_addr.clone(),
             };
             let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
                 .name(&format!("tally-shard-{shard}"))
@@ -225,8 +443,9 @@ impl Node {
         self.shared.shards
     }
 
-    /// Asks every shard to stop and waits for the executors to exit.
-    pub fn stop(self) {
+    /// Asks every shard to stop and waits for the executors to exit. Returns the role change that
+    /// ended this run, if one did (the caller starts the node again).
+    pub fn stop(self) -> Option<PersistedRole> {
         self.shared.shutdown.store(true, Ordering::Release);
         for handle in self.handles {
             if let Err(error) = handle.join() {
@@ -236,11 +455,75 @@ impl Node {
         if let Some(path) = &self.unix_socket {
             let _ = std::fs::remove_file(path);
         }
+        let change = self.shared.role_change.lock().unwrap_or_else(|e| e.into_inner()).take();
+        change
+    }
+
+    /// Whether something asked this run to end (a signal, `request_stop`, or a role change).
+    pub fn stop_requested(&self) -> bool {
+        self.shared.shutdown.load(Ordering::Acquire)
     }
 
     /// Requests shutdown without waiting (e.g. from a signal thread).
     pub fn request_stop(&self) {
         self.shared.shutdown.store(true, Ordering::Release);
+    }
+}
+
+/// How long a replica's first start waits for its primary to say how many shards it has.
+const PRIMARY_HELLO_WAIT_MS: u64 = 15_000;
+
+/// A replica runs its primary's shard count: the shard directories it already has, or on its first
+/// start what the primary says in HELLO.
+fn replica_shard_count(data_dir: &Path, primary: &str) -> Result<u16, String> {
+    let existing = (0..SHARDS_MAX)
+        .take_while(|s| crate::recovery::shard_dir(data_dir, *s).is_dir())
+        .count() as u16;
+    if existing > 0 {
+        return Ok(existing);
+    }
+    let addr: SocketAddr = primary
+        .parse()
+        .map_err(|e| format!("primary address {primary:?}: {e}"))?;
+    let deadline = Instant::now() + Duration::from_millis(PRIMARY_HELLO_WAIT_MS);
+    loop {
+        match ask_shard_count(addr) {
+            Ok(count) => return Ok(count),
+            Err(e) if Instant::now() > deadline => {
+                return Err(format!(
+                    "a replica's first start needs its primary {addr} to learn the shard count ({e}); start the primary first or pass --shards with the primary's count"
+                ))
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// One blocking HELLO to a node: its shard count.
+fn ask_shard_count(addr: SocketAddr) -> Result<u16, String> {
+    use std::io::{Read, Write};
+    use tally_proto::limits::FRAME_HEADER_BYTES;
+    use tally_proto::{decode_reply_op, FrameBuilder, FrameHeader, FrameKind, Reply, Request};
+    let timeout = Duration::from_millis(LISTENER_CHECK_MS);
+    let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
+    stream.set_read_timeout(Some(timeout * 4)).map_err(|e| e.to_string())?;
+    let mut out = bytes::BytesMut::new();
+    let mut frame = FrameBuilder::begin(&mut out, FrameKind::Request, 1);
+    Request::Hello {
+        client: b"tallyd-replica",
+    }
+    .encode(&mut out);
+    frame.op_added();
+    frame.finish(&mut out);
+    stream.write_all(&out).map_err(|e| e.to_string())?;
+    let mut head = [0u8; FRAME_HEADER_BYTES];
+    stream.read_exact(&mut head).map_err(|e| e.to_string())?;
+    let header = FrameHeader::parse(&head).map_err(|e| format!("{e:?}"))?;
+    let mut body = vec![0u8; header.body_len as usize];
+    stream.read_exact(&mut body).map_err(|e| e.to_string())?;
+    match decode_reply_op(&body).map_err(|e| format!("{e:?}"))?.0.result {
+        Ok(Reply::Hello(hello)) => Ok(hello.shard_count),
+        other => Err(format!("unexpected HELLO reply {other:?}")),
     }
 }
 
@@ -322,6 +605,9 @@ struct ShardStart {
     request_mesh: MeshBuilder<ShardRequest, glommio::channels::channel_mesh::Full>,
     reply_mesh: MeshBuilder<ShardReply, glommio::channels::channel_mesh::Full>,
     ready: mpsc::Sender<Result<u16, String>>,
+    repl: ReplSettings,
+    splits: Arc<SplitRegistry>,
+    primary_addr: String,
 }
 
 async fn run_shard(start: ShardStart) {
@@ -336,6 +622,9 @@ async fn run_shard(start: ShardStart) {
         request_mesh,
         reply_mesh,
         ready,
+        repl,
+        splits,
+        primary_addr,
     } = start;
     let fail = |message: String| {
         shared.failed.store(true, Ordering::Release);
@@ -368,6 +657,8 @@ async fn run_shard(start: ShardStart) {
         recovered,
         pending,
         dir,
+        ship_log,
+        stream,
     } = recovered;
     let wal = match open_wal(shard, &dir, &settings, &recovered).await {
         Ok(wal) => wal,
@@ -390,6 +681,43 @@ async fn run_shard(start: ShardStart) {
         }
         wal.append(*lsn, &record.record());
     }
+    let stream = stream.unwrap_or_default();
+    let lsn = engine.lsn();
+    let ship_log = ship_log.unwrap_or_else(|| ShipLog::new(lsn + 1, crate::replication::SHIP_LOG_BYTES_MAX));
+    let primary = (!shared.is_replica && repl.enabled()).then(|| {
+        PrimarySide::new(
+            shard,
+            stream.epoch,
+            &repl.peers,
+            ship_log.lsn_sealed(),
+            ship_log.retained_first(),
+            wal.lsn_durable(),
+        )
+    });
+    let replica = shared.is_replica.then(|| {
+        let mut positions = vec![StreamPosition::default(); shared.shards as usize];
+        positions[shard as usize] = StreamPosition {
+            epoch_last: stream.epoch_last,
+            lsn_durable: lsn,
+            lsn_appended: lsn,
+        };
+        ReplicaSide::new(Replica::new(
+            repl.node_id,
+            stream.epoch,
+            stream.history.clone(),
+            positions,
+        ))
+    });
+    let repl = ShardRepl {
+        settings: Rc::new(repl),
+        dir: dir.clone(),
+        stream: std::cell::RefCell::new(stream),
+        ship_log: std::cell::RefCell::new(ship_log),
+        primary,
+        replica,
+        splits,
+        primary_addr,
+    };
     let runtime = Rc::new(ShardRuntime::new(
         shard,
         shared.clone(),
@@ -398,7 +726,11 @@ async fn run_shard(start: ShardStart) {
         reply_tx,
         peer_of,
         wal,
+        repl,
     ));
+    if runtime.repl.primary.is_some() {
+        runtime.durable.set_replicated();
+    }
     // The log's durable LSN, not the engine's: reconcile's records are appended but not durable.
     shared.lsn_durable[shard as usize].store(runtime.durable.lsn_durable(), Ordering::Release);
     let commit_task = glommio::spawn_local(commit_loop(runtime.clone()));
@@ -409,6 +741,10 @@ async fn run_shard(start: ShardStart) {
     let snapshot_task = glommio::spawn_local(snapshot_loop(runtime.clone(), settings.clone()));
     spawn_request_receivers(&runtime, request_rx);
     spawn_reply_receivers(&runtime, reply_rx);
+    spawn_links(&runtime);
+    if runtime.repl.replica.is_some() {
+        glommio::spawn_local(need_loop(runtime.clone())).detach();
+    }
 
     let main = match TcpListener::bind(listen) {
         Ok(listener) => listener,
@@ -471,10 +807,16 @@ async fn barrier(shared: &NodeShared, counter: &AtomicUsize) -> bool {
 /// Runs the engine's periodic work until shutdown is requested.
 async fn tick_until_shutdown(runtime: &Rc<ShardRuntime>, hot: &HotConfig) {
     let mut next_tick = Instant::now() + Duration::from_millis(hot.tick_ms);
+    let mut promotions_seen = runtime.node.promote_generation.load(Ordering::Acquire);
     loop {
         glommio::timer::sleep(Duration::from_millis(SHUTDOWN_POLL_MS)).await;
         if shutdown_requested(&runtime.node) || runtime.node.failed.load(Ordering::Acquire) {
             return;
+        }
+        if runtime.repl.replica.is_some() {
+            // A replica's state changes only through its primary's stream.
+            poll_promotion(runtime, &mut promotions_seen);
+            continue;
         }
         if Instant::now() >= next_tick {
             // Splits and merges are logged; skip a tick while the open batch is full or the log failed.
@@ -482,9 +824,8 @@ async fn tick_until_shutdown(runtime: &Rc<ShardRuntime>, hot: &HotConfig) {
                 && runtime.durable.fault().is_none()
                 && !runtime.wal.is_poisoned()
             {
-                let mut sink = &runtime.wal;
                 let lsn_before = runtime.engine.borrow().lsn();
-                runtime.engine.borrow_mut().tick(now_ms(), &mut sink);
+                runtime.with_sink(|sink| runtime.engine.borrow_mut().tick(now_ms(), sink));
                 if runtime.engine.borrow().lsn() != lsn_before {
                     runtime.commit_wake.signal(1);
                 }
@@ -639,11 +980,26 @@ async fn commit_loop(runtime: Rc<ShardRuntime>) {
         if pending && runtime.durable.fault().is_none() {
             let records = runtime.wal.lsn_appended() - runtime.durable.lsn_durable();
             let started = Instant::now();
-            match runtime.wal.commit_batch(now_ms()).await {
+            // A replica's batches carry its primary's time; a primary ships what it seals now,
+            // before its own fsync (the replicas' fsyncs run beside it).
+            let time_ms = runtime
+                .repl
+                .replica
+                .as_ref()
+                .and_then(|side| side.batch_time_ms.get())
+                .unwrap_or_else(now_ms);
+            if runtime.repl.tees() {
+                let sealed = runtime.repl.ship_log.borrow_mut().seal(time_ms);
+                if let (Some(lsn), Some(primary)) = (sealed, &runtime.repl.primary) {
+                    primary.sealed(lsn);
+                }
+            }
+            match runtime.wal.commit_batch(time_ms).await {
                 // Maintenance failed while this commit was in flight: the shard acks nothing more.
                 Ok(_) if runtime.durable.fault().is_some() => {}
                 Ok(lsn) => {
                     runtime.durable.advance(lsn);
+                    crate::replication::primary::local_durable(&runtime, lsn);
                     runtime.node.lsn_durable[shard as usize].store(lsn, Ordering::Release);
                     let counters = &runtime.counters;
                     counters.wal_commits.set(counters.wal_commits.get() + 1);

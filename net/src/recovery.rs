@@ -18,6 +18,8 @@ use tally_wal::{recover_from_snapshot, FsDir, Recovered};
 
 use crate::log;
 use crate::log::Level;
+use crate::replication::ship_log::ShipLog;
+use crate::replication::SHIP_LOG_BYTES_MAX;
 
 /// One shard, recovered and ready to be moved onto its executor.
 pub struct RecoveredShard {
@@ -26,6 +28,11 @@ pub struct RecoveredShard {
     /// Records reconcile produced (lsn, record), to append to the log before serving.
     pub pending: Vec<(u64, Owned)>,
     pub dir: PathBuf,
+    /// On a replicating node: the records replayed (and reconcile's), newest within the ship log's
+    /// bound, so replicas and promoters can be served right after a restart.
+    pub ship_log: Option<ShipLog>,
+    /// Set by the node after recovery (replication's per-shard state).
+    pub stream: Option<crate::replication::state::StreamState>,
 }
 
 /// The directory of shard `shard`'s log and snapshots.
@@ -38,16 +45,18 @@ pub fn recover_node(
     data_dir: &Path,
     configs: Vec<ShardConfig>,
     splits: &Arc<SplitRegistry>,
+    replicating: bool,
 ) -> Result<Vec<RecoveredShard>, String> {
     let started = Instant::now();
     // Shards recover in parallel, one thread each: replay is CPU-bound and shards share nothing
     // until the reconcile below.
-    let results: Vec<Result<(Shard, Recovered, PathBuf), String>> = std::thread::scope(|scope| {
+    type Result1 = Result<(Shard, Recovered, PathBuf, Option<ShipLog>), String>;
+    let results: Vec<Result1> = std::thread::scope(|scope| {
         let handles: Vec<_> = configs
             .into_iter()
             .map(|config| {
                 let splits = splits.clone();
-                scope.spawn(move || recover_shard(data_dir, config, &splits))
+                scope.spawn(move || recover_shard(data_dir, config, &splits, replicating))
             })
             .collect();
         handles
@@ -57,10 +66,12 @@ pub fn recover_node(
     });
     let mut engines = Vec::with_capacity(results.len());
     let mut recovereds = Vec::with_capacity(results.len());
+    let mut ship_logs = Vec::with_capacity(results.len());
     for result in results {
-        let (engine, recovered, dir) = result?;
+        let (engine, recovered, dir, ship_log) = result?;
         engines.push(engine);
         recovereds.push((recovered, dir));
+        ship_logs.push(ship_log);
     }
     let mut recorders: Vec<Recorder> = (0..engines.len())
         .map(|_| Recorder {
@@ -85,19 +96,32 @@ pub fn recover_node(
         engines.len(),
         started.elapsed().as_millis()
     );
+    let now_ms = crate::connection::now_ms();
     Ok(engines
         .into_iter()
         .zip(recovereds)
         .zip(recorders)
-        .map(|((engine, (recovered, dir)), recorder)| RecoveredShard {
-            engine,
-            recovered,
-            pending: recorder
+        .zip(ship_logs)
+        .map(|(((engine, (recovered, dir)), recorder), mut ship_log)| {
+            let pending: Vec<(u64, Owned)> = recorder
                 .records
                 .into_iter()
                 .map(|(lsn, _, record)| (lsn, record))
-                .collect(),
-            dir,
+                .collect();
+            if let Some(ship_log) = &mut ship_log {
+                for (lsn, record) in &pending {
+                    ship_log.push(*lsn, &record.record());
+                }
+                ship_log.seal(now_ms);
+            }
+            RecoveredShard {
+                engine,
+                recovered,
+                pending,
+                dir,
+                ship_log,
+                stream: None,
+            }
         })
         .collect())
 }
@@ -107,13 +131,16 @@ fn recover_shard(
     data_dir: &Path,
     config: ShardConfig,
     splits: &Arc<SplitRegistry>,
-) -> Result<(Shard, Recovered, PathBuf), String> {
+    replicating: bool,
+) -> Result<(Shard, Recovered, PathBuf, Option<ShipLog>), String> {
     let shard = config.shard;
     let dir = shard_dir(data_dir, shard);
     std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
     let shard_started = Instant::now();
     // Both callbacks fill the same state: the snapshot one first, then one call per record.
     let state: RefCell<(Option<Shard>, Option<String>)> = RefCell::new((None, None));
+    // The replayed records, batch by batch (a batch is a run of one time), for the ship log.
+    let ship_log: RefCell<Option<(ShipLog, u64)>> = RefCell::new(None);
     let recovered = recover_from_snapshot(
         &FsDir(dir.clone()),
         shard,
@@ -126,6 +153,10 @@ fn recover_shard(
                 },
                 None => state.0 = Some(Shard::new(config.clone(), splits.clone())),
             }
+            if replicating {
+                let lsn_next = snapshot.map_or(0, |s| s.lsn) + 1;
+                *ship_log.borrow_mut() = Some((ShipLog::new(lsn_next, SHIP_LOG_BYTES_MAX), 0));
+            }
         },
         |entry| {
             let mut state = state.borrow_mut();
@@ -136,6 +167,14 @@ fn recover_shard(
             let Some(engine) = engine.as_mut() else { return };
             if let Err(e) = engine.replay(entry.lsn, entry.time_ms, &entry.record) {
                 *failure = Some(format!("shard {shard}: replaying lsn {}: {e}", entry.lsn));
+                return;
+            }
+            if let Some((log, time_ms)) = ship_log.borrow_mut().as_mut() {
+                if *time_ms != entry.time_ms {
+                    log.seal(*time_ms);
+                    *time_ms = entry.time_ms;
+                }
+                log.push(entry.lsn, &entry.record);
             }
         },
     )
@@ -145,6 +184,10 @@ fn recover_shard(
         return Err(failure);
     }
     let engine = engine.expect("recovery reports its snapshot before it returns");
+    let ship_log = ship_log.into_inner().map(|(mut log, time_ms)| {
+        log.seal(time_ms);
+        log
+    });
     if let Some(torn) = &recovered.torn_tail {
         log!(
             Level::Warn,
@@ -165,5 +208,5 @@ fn recover_shard(
         recovered.records_replayed,
         shard_started.elapsed().as_millis()
     );
-    Ok((engine, recovered, dir))
+    Ok((engine, recovered, dir, ship_log))
 }

@@ -16,6 +16,7 @@ use tally_proto::{shard_of, DecodeError, ErrorCode, Reply, Request, RequestOps};
 use tally_wal::{DmaStorage, Room, Wal};
 
 use crate::durability::DurableWatch;
+use crate::replication::ShardRepl;
 
 use crate::connection::{FrameState, Item};
 use crate::mesh::{ShardFigures, ShardReply, ShardRequest};
@@ -80,9 +81,25 @@ pub struct ShardRuntime {
     pub maintain_wake: Semaphore,
     /// Set once every connection of this shard has been answered during shutdown.
     pub connections_drained: Cell<bool>,
+    /// Replication: role, ship log, links to replicas or the stream from the primary.
+    pub repl: ShardRepl,
+}
+
+/// The engine's log sink on a replicating node: every record goes to the WAL and to the ship log.
+pub struct Tee<'a> {
+    pub wal: &'a Wal<DmaStorage>,
+    pub ship_log: &'a RefCell<crate::replication::ship_log::ShipLog>,
+}
+
+impl tally_engine::log::LogSink for Tee<'_> {
+    fn record(&mut self, lsn: u64, record: &tally_engine::LogRecord<'_>) {
+        self.wal.append(lsn, record);
+        self.ship_log.borrow_mut().push(lsn, record);
+    }
 }
 
 impl ShardRuntime {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: u16,
         node: Arc<NodeShared>,
@@ -91,6 +108,7 @@ impl ShardRuntime {
         replies: Senders<ShardReply>,
         peer_of: Vec<usize>,
         wal: Wal<DmaStorage>,
+        repl: ShardRepl,
     ) -> ShardRuntime {
         assert_eq!(peer_of.len(), node.shards as usize);
         assert_eq!(peer_of[id as usize], requests.peer_id());
@@ -110,6 +128,35 @@ impl ShardRuntime {
             commit_wake: Semaphore::new(0),
             maintain_wake: Semaphore::new(0),
             connections_drained: Cell::new(false),
+            repl,
+        }
+    }
+
+    /// Runs `f` with the sink the engine logs to: the WAL, teed into the ship log when replicating.
+    pub fn with_sink<T>(&self, f: impl FnOnce(&mut dyn tally_engine::log::LogSink) -> T) -> T {
+        if self.repl.tees() {
+            let mut tee = Tee {
+                wal: &self.wal,
+                ship_log: &self.repl.ship_log,
+            };
+            f(&mut tee)
+        } else {
+            let mut sink = &self.wal;
+            f(&mut sink)
+        }
+    }
+
+    /// Waits until a change at `lsn` may be acknowledged in the node's ack mode, up to the
+    /// replication wait counted from `since`. `Err` with the failure the waiting writes get.
+    pub async fn wait_ackable(&self, lsn: u64, since: std::time::Instant) -> Result<(), (ErrorCode, &'static str)> {
+        let mode = self.repl.settings.ack_mode;
+        match self.durable.wait_mode(lsn, mode, since + self.repl.settings.wait).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err((
+                ErrorCode::ReplicasUnavailable,
+                "not enough replicas acknowledged this write within the replication wait: its outcome is unknown (it is durable on the primary and may still replicate); retry with the same idempotency key",
+            )),
+            Err(fault) => Err(fault.failure()),
         }
     }
 
@@ -224,6 +271,23 @@ impl ShardRuntime {
             log_poisoned: self.durable.fault().is_some(),
             disk_full: self.wal.is_disk_full(),
             snapshots: self.counters.snapshots.get(),
+            replica: self.repl.replica.is_some(),
+            epoch: self.repl.stream.borrow().epoch,
+            links: self.repl.primary.as_ref().map_or_else(Vec::new, |side| {
+                let sealed = self.repl.ship_log.borrow().lsn_sealed();
+                side.links
+                    .iter()
+                    .map(|link| {
+                        let (lag_lsns, lag_ms) = link.lag(sealed);
+                        (
+                            link.shipper.borrow().lsn_acked(),
+                            lag_lsns,
+                            lag_ms,
+                            link.connected.get(),
+                        )
+                    })
+                    .collect()
+            }),
         }
     }
 
@@ -233,6 +297,9 @@ impl ShardRuntime {
     /// full, waits for the commit loop to write it.
     pub async fn apply_logged(&self, op: &Request<'_>, ctx: &Ctx<'_>) -> Applied {
         if is_write(op) {
+            if let Some(why) = self.repl.refuses_writes() {
+                return self.refuse_write(op, ErrorCode::NotPrimary, &why);
+            }
             loop {
                 if self.durable.fault().is_some() || self.wal.is_poisoned() {
                     return self.refuse_write(
@@ -265,8 +332,7 @@ impl ShardRuntime {
         }
         let mut engine = self.engine.borrow_mut();
         let lsn_before = engine.lsn();
-        let mut sink = &self.wal;
-        let applied = engine.apply(op, ctx, &mut sink);
+        let applied = self.with_sink(|sink| engine.apply(op, ctx, sink));
         if engine.lsn() != lsn_before {
             self.commit_wake.signal(1);
         }
@@ -327,9 +393,16 @@ pub fn is_write(op: &Request<'_>) -> bool {
     )
 }
 
-/// Turns the writes among `outcomes` that were not durable when the log failed into
-/// `LogPoisoned`: their outcome is unknown (they may or may not be on disk).
-pub fn fail_undurable_writes<'a>(outcomes: impl Iterator<Item = &'a mut Outcome>, lsn_durable: u64) {
+/// Turns the writes among `outcomes` beyond `lsn_ackable` into `code`: the ack they waited for did
+/// not come (the log failed, the node stepped down, or replicas did not answer in time), so their
+/// outcome is unknown.
+pub fn fail_unacked_writes<'a>(
+    outcomes: impl Iterator<Item = &'a mut Outcome>,
+    lsn_ackable: u64,
+    code: ErrorCode,
+    message: &str,
+) {
+    let lsn_durable = lsn_ackable;
     for outcome in outcomes {
         let durable = match outcome {
             Ok(Reply::Incr { token, .. })
@@ -340,10 +413,7 @@ pub fn fail_undurable_writes<'a>(outcomes: impl Iterator<Item = &'a mut Outcome>
             _ => true,
         };
         if !durable {
-            *outcome = Err(Failure::new(
-                ErrorCode::LogPoisoned,
-                "the shard's log failed before this write was durable: its outcome is unknown",
-            ));
+            *outcome = Err(Failure::new(code, message));
         }
     }
 }
@@ -372,8 +442,10 @@ pub fn spawn_request_receivers(shard: &Rc<ShardRuntime>, mut receivers: Receiver
                         count,
                         ops,
                     } => {
+                        let since = std::time::Instant::now();
                         let (outcomes, lsn_needed) = shard.apply_forwarded(&client, now_ms, count, &ops).await;
-                        if shard.durable.check(lsn_needed) == Some(Ok(())) {
+                        let mode = shard.repl.settings.ack_mode;
+                        if shard.durable.check_mode(lsn_needed, mode) == Some(Ok(())) {
                             if shard
                                 .replies
                                 .send_to(peer, ShardReply::Ops { id, outcomes })
@@ -387,8 +459,9 @@ pub fn spawn_request_receivers(shard: &Rc<ShardRuntime>, mut receivers: Receiver
                             let shard = shard.clone();
                             glommio::spawn_local(async move {
                                 let mut outcomes = outcomes;
-                                if shard.durable.wait(lsn_needed).await.is_err() {
-                                    fail_undurable_writes(outcomes.iter_mut(), shard.durable.lsn_durable());
+                                if let Err((code, message)) = shard.wait_ackable(lsn_needed, since).await {
+                                    let ackable = shard.durable.lsn_ackable(shard.repl.settings.ack_mode);
+                                    fail_unacked_writes(outcomes.iter_mut(), ackable, code, message);
                                 }
                                 let _ = shard.replies.send_to(peer, ShardReply::Ops { id, outcomes }).await;
                             })

@@ -259,6 +259,11 @@ impl<S: Storage> Wal<S> {
         self.commit.borrow().lsn_durable()
     }
 
+    /// Whether a commit, maintenance or snapshot is running (see `install_snapshot`).
+    pub fn is_busy(&self) -> bool {
+        self.committing.get() || self.maintaining.get() || self.snapshotting.get() || self.rotating.get()
+    }
+
     /// The segment files on disk, oldest first.
     pub fn segment_files(&self) -> Vec<String> {
         self.state.borrow().segments.iter().map(|s| s.file.clone()).collect()
@@ -562,6 +567,65 @@ impl<S: Storage> Wal<S> {
                 .map_err(|e| self.poison(WalError::io("sync_dir", "shard directory", e)))?;
         }
         Ok(())
+    }
+    /// Replaces the whole log with a snapshot received from elsewhere (a replica resynchronised by
+    /// its primary): every segment and snapshot file is removed, the snapshot of `lsn` is written,
+    /// and the log continues at `lsn + 1`, which may be below the lsn it had (a diverged suffix is
+    /// discarded this way). Nothing may be buffered or committing: the caller stops appending first.
+    ///
+    /// Crash safety: files are removed before the new snapshot is written, so a crash in between
+    /// leaves an empty log (the replica reports position 0 and is resynchronised again), never old
+    /// records replayed after the new snapshot.
+    pub async fn install_snapshot(&self, lsn: u64, body: &[u8]) -> Result<(), WalError> {
+        if self.poisoned.get() {
+            return Err(WalError::Poisoned);
+        }
+        assert!(!self.committing.get(), "install_snapshot during a commit");
+        assert_eq!(
+            self.lsn_appended(),
+            self.lsn_durable(),
+            "install_snapshot with records not yet committed"
+        );
+        let _busy = Busy::enter(&self.snapshotting, "install_snapshot");
+        let _rotating = Busy::enter(&self.rotating, "install_snapshot");
+        let s = &self.storage;
+        let names = s.list().await.map_err(|e| WalError::io("list", "shard directory", e))?;
+        let doomed: Vec<String> = names
+            .into_iter()
+            .filter(|name| {
+                name == PREALLOC_FILE_NAME
+                    || crate::segment::parse_segment_file_name(name).is_some()
+                    || crate::snapshot::parse_snapshot_file_name(name).is_some()
+                    || crate::snapshot::is_snapshot_tmp_file_name(name)
+            })
+            .collect();
+        {
+            let mut state = self.state.borrow_mut();
+            state.current = None;
+            state.spare = None;
+            state.segments.clear();
+            state.snapshots.clear();
+        }
+        for name in &doomed {
+            match s.remove(name).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(self.poison(WalError::io("remove", name, e))),
+            }
+        }
+        s.sync_dir()
+            .await
+            .map_err(|e| self.poison(WalError::io("sync_dir", "shard directory", e)))?;
+        let segment_bytes = self.config.segment_bytes;
+        *self.encoder.borrow_mut() = BatchEncoder::new(None, 0, lsn, 0, segment_bytes);
+        *self.commit.borrow_mut() = GroupCommit::new(lsn);
+        drop(_busy);
+        self.write_snapshot(lsn, body).await?;
+        drop(_rotating);
+        match self.prepare_next_segment().await {
+            Ok(()) | Err(WalError::DiskFull) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 }
 
