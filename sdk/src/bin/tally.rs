@@ -119,7 +119,7 @@ enum Command {
 #[derive(Debug, PartialEq, Eq, Subcommand)]
 enum Admin {
     /// Make the replica at --addr the primary: it fences its fellow replicas, collects what they
-    /// have that it lacks, and answers once it serves as primary. Prints the new epoch.
+    /// have that it lacks, answers with the new epoch (printed), then restarts as primary.
     Promote {
         /// Go on without fellow replicas that do not answer within --wait-ms. Writes acknowledged
         /// only on those replicas are lost: use it only when they are known to be gone.
