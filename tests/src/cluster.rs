@@ -215,6 +215,55 @@ impl Cluster {
         );
     }
 
+    /// Waits until node `primary` takes writes on every shard: a primary refuses them
+    /// (`not_primary`) until a replica has confirmed its epoch on that shard, which happens some
+    /// time after the stream's `connected` figure turns 1. Probes with one unkeyed increment of a
+    /// `probe:` counter per shard (names the tests never check).
+    pub fn wait_writable(&self, primary: usize) {
+        let addr = self.addr(primary);
+        let mut connection: Option<Client> = None;
+        for shard in 0..SHARDS {
+            let probe = (0..)
+                .map(|i| format!("probe:{i}"))
+                .find(|name| tally_proto::shard_of(name.as_bytes(), SHARDS) == shard)
+                .expect("some name hashes to every shard");
+            wait_for(
+                &format!("{addr} to take writes on shard {shard}"),
+                CATCH_UP_TIMEOUT,
+                || {
+                    if connection.is_none() {
+                        connection = client(&addr, Duration::from_secs(10)).ok();
+                    }
+                    match connection.as_mut()?.incr(&probe, 1) {
+                        Ok(_) => Some(()),
+                        Err(e) => {
+                            if e.is_connection() {
+                                connection = None;
+                            }
+                            None
+                        }
+                    }
+                },
+            );
+        }
+    }
+
+    /// `wait_connected` for both replicas, then `wait_writable`.
+    pub fn wait_ready(&self, primary: usize) {
+        self.wait_connected(primary, 2);
+        self.wait_writable(primary);
+    }
+
+    /// Waits until node `i` reports `node.role` = `role` (a promoted node restarts in its new role
+    /// after answering PROMOTE). Returns its `node.epoch`.
+    pub fn wait_role(&self, i: usize, role: i64) -> i64 {
+        let addr = self.addr(i);
+        wait_for(&format!("{addr} to report node.role {role}"), CATCH_UP_TIMEOUT, || {
+            let s = stats(&addr).ok()?;
+            (s.get("node.role") == Some(&role)).then(|| s.get("node.epoch").copied().unwrap_or(-1))
+        })
+    }
+
     /// Waits until node `replica`'s `shard.N.lsn_durable` equals node `primary`'s for every shard,
     /// with the primary's figures read after the replica's (so a primary still being written keeps
     /// the wait going). Returns the lsns.
