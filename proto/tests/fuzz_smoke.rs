@@ -123,5 +123,5 @@ fn fuzz_seeds_written_from_the_spec_decode_cleanly() {
         }
         frame_decode(&bytes);
     }
-    assert_eq!(seen, [10, 10, 1], "request, response and error seeds");
+    assert_eq!(seen, [11, 11, 1], "request, response and error seeds");
 }

@@ -111,6 +111,7 @@ fn spec_lists_every_opcode() {
         (Opcode::AddBounded, "ADD_BOUNDED"),
         (Opcode::Reset, "RESET"),
         (Opcode::Stats, "STATS"),
+        (Opcode::Promote, "PROMOTE"),
     ];
     for (op, name) in opcodes {
         let row = format!("| 0x{:02x} | {name} |", op as u8);

@@ -2,7 +2,11 @@
 //! wait for its `ready` line, talk raw protocol to it, and stop or kill it.
 //!
 //! Servers bind 127.0.0.1 port 0 (the kernel picks a free port) and report the port on their
-//! ready line; every wait here is bounded and fails the test rather than hanging.
+//! ready line, or a port block from `ports` when peers must know the address in advance; every
+//! wait here is bounded and fails the test rather than hanging.
+//!
+//! Replication tests add: `ports` (blocks of free consecutive ports), `proxy` (a fault-injecting
+//! TCP proxy), `jepsen` (the counter-rule checker) and `cluster` (a primary and two replicas).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -16,6 +20,43 @@ use bytes::BytesMut;
 use tally_proto::frame::decode_error_frame;
 use tally_proto::limits::FRAME_HEADER_BYTES;
 use tally_proto::{decode_reply_op, FrameBuilder, FrameHeader, FrameKind, ReplyOp, Request};
+
+pub mod cluster;
+pub mod jepsen;
+pub mod ports;
+pub mod proxy;
+
+/// How often `wait_until` looks again: short against every wait it serves, long enough that a
+/// poll costs nothing next to the tallyd processes on a shared machine.
+const POLL_INTERVAL: Duration = Duration::from_millis(5);
+
+/// Polls `condition` until it holds; panics naming `what` after `timeout`. Every wait in these
+/// tests is one of these, never a bare sleep.
+pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(POLL_INTERVAL);
+    }
+}
+
+/// `wait_until` for a value: polls `probe` until it returns `Some`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(POLL_INTERVAL);
+    }
+}
 
 /// How long a server may take to print its ready line.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);

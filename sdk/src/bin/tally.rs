@@ -18,6 +18,9 @@ use tally_sdk::{key_from_str, Client, ClientOptions, CounterSpec, Error, ErrorCo
 const EXIT_REFUSED: u8 = 1;
 /// Exit code for connection, timeout and protocol errors. Usage errors exit with clap's 2.
 const EXIT_CONNECTION: u8 = 3;
+/// `admin promote --wait-ms` default: a few of the replication wait's 2 s, so a peer that is merely
+/// slow still answers, while an operator waiting on a dead peer learns it within seconds.
+const PROMOTE_WAIT_MS_DEFAULT: u32 = 5_000;
 
 /// Talk to a Tally counter server.
 #[derive(Debug, Parser)]
@@ -32,7 +35,8 @@ struct Cli {
     /// Print one JSON object per command (errors too).
     #[arg(long, global = true)]
     json: bool,
-    /// Connect and reply timeout: seconds (2, 0.5) or with a unit (500ms, 2s).
+    /// Connect and reply timeout: seconds (2, 0.5) or with a unit (500ms, 2s). `admin promote`
+    /// waits its --wait-ms longer for the reply.
     #[arg(long, global = true, default_value = "5s", value_parser = parse_timeout)]
     timeout: Duration,
     #[command(subcommand)]
@@ -106,6 +110,25 @@ enum Command {
     },
     /// Print server statistics.
     Stats,
+    /// Operator commands that change a node's role.
+    #[command(subcommand)]
+    Admin(Admin),
+}
+
+/// `tally admin ...`.
+#[derive(Debug, PartialEq, Eq, Subcommand)]
+enum Admin {
+    /// Make the replica at --addr the primary: it fences its fellow replicas, collects what they
+    /// have that it lacks, answers with the new epoch (printed), then restarts as primary.
+    Promote {
+        /// Go on without fellow replicas that do not answer within --wait-ms. Writes acknowledged
+        /// only on those replicas are lost: use it only when they are known to be gone.
+        #[arg(long)]
+        force: bool,
+        /// How long the replica waits for its fellow replicas, milliseconds.
+        #[arg(long, default_value_t = PROMOTE_WAIT_MS_DEFAULT)]
+        wait_ms: u32,
+    },
 }
 
 /// What a command prints on success.
@@ -140,7 +163,7 @@ fn connect(cli: &Cli) -> Result<Client, Error> {
         .client_name("tally-cli")
         .shard_aware(false)
         .connect_timeout(cli.timeout)
-        .read_timeout(Some(cli.timeout));
+        .read_timeout(Some(reply_timeout(&cli.command, cli.timeout)));
     match &cli.unix {
         Some(path) => options.connect_unix(path),
         None => options.connect(&cli.addr),
@@ -219,7 +242,23 @@ fn run(command: &Command, client: &mut Client) -> Result<Output, Error> {
             }
         }
         Command::Stats => stats_output(&client.stats()?),
+        Command::Admin(Admin::Promote { force, wait_ms }) => {
+            let epoch = client.promote(*force, *wait_ms)?;
+            Output {
+                text: format!("primary at epoch {epoch}"),
+                json: json!({ "promoted": true, "epoch": epoch, "force": force }),
+            }
+        }
     })
+}
+
+/// How long to wait for a reply. A promotion may legitimately wait `wait_ms` for its peers before
+/// it answers, so its reply gets `--timeout` on top of that.
+fn reply_timeout(command: &Command, timeout: Duration) -> Duration {
+    match command {
+        Command::Admin(Admin::Promote { wait_ms, .. }) => timeout + Duration::from_millis(u64::from(*wait_ms)),
+        _ => timeout,
+    }
 }
 
 fn write_output(value: i64, token: tally_sdk::Token) -> Output {
@@ -422,6 +461,28 @@ mod tests {
             }
         );
         assert_eq!(command(&["stats"]), Command::Stats);
+        assert_eq!(
+            command(&["admin", "promote"]),
+            Command::Admin(Admin::Promote {
+                force: false,
+                wait_ms: PROMOTE_WAIT_MS_DEFAULT
+            })
+        );
+        assert_eq!(
+            command(&["admin", "promote", "--force", "--wait-ms", "250", "--addr", "r1:7400"]),
+            Command::Admin(Admin::Promote {
+                force: true,
+                wait_ms: 250
+            })
+        );
+    }
+
+    #[test]
+    fn a_promotion_waits_its_wait_ms_beyond_the_timeout() {
+        let timeout = Duration::from_secs(5);
+        let promote = command(&["admin", "promote", "--wait-ms", "30000"]);
+        assert_eq!(reply_timeout(&promote, timeout), Duration::from_secs(35));
+        assert_eq!(reply_timeout(&Command::Stats, timeout), timeout);
     }
 
     #[test]
@@ -437,12 +498,15 @@ mod tests {
 
     #[test]
     fn usage_errors_exit_with_2() {
-        let cases: [(&[&str], ErrorKind); 5] = [
+        let cases: [(&[&str], ErrorKind); 8] = [
             (&["create", "s", "--min", "0"], ErrorKind::MissingRequiredArgument),
             (&["reset", "s", "0"], ErrorKind::MissingRequiredArgument),
             (&["incr"], ErrorKind::MissingRequiredArgument),
             (&["bogus"], ErrorKind::InvalidSubcommand),
             (&["incr", "x", "many"], ErrorKind::ValueValidation),
+            (&["admin"], ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand),
+            (&["admin", "promote", "--wait-ms", "-1"], ErrorKind::UnknownArgument),
+            (&["admin", "promote", "--wait-ms", "soon"], ErrorKind::ValueValidation),
         ];
         for (args, kind) in cases {
             let error = parse(args).unwrap_err();
@@ -477,6 +541,33 @@ mod tests {
         assert_eq!(error_json(&Error::Timeout)["error"], "timeout");
         assert_eq!(exit_code(&Error::Timeout), EXIT_CONNECTION);
         assert_eq!(exit_code(&Error::Closed), EXIT_CONNECTION);
+        let unavailable = Error::Server {
+            code: ErrorCode::ReplicasUnavailable as u16,
+            current: None,
+            message: "1 of 2 replicas did not answer within 5000 ms".into(),
+        };
+        assert_eq!(error_json(&unavailable)["error"], "replicas_unavailable");
+        assert_eq!(error_json(&unavailable)["code"], 25);
+        assert_eq!(exit_code(&unavailable), EXIT_REFUSED);
+    }
+
+    #[test]
+    fn replication_figures_print_like_any_other() {
+        let stats = StatsReply {
+            figures: vec![
+                ("node.role".into(), 1),
+                ("node.epoch".into(), 4),
+                ("shard.1.repl.0.lag_lsns".into(), 17),
+            ],
+            split: vec![],
+        };
+        let output = stats_output(&stats);
+        assert!(output
+            .text
+            .lines()
+            .any(|l| l.starts_with("shard.1.repl.0.lag_lsns") && l.ends_with(" 17")));
+        assert_eq!(output.json["figures"]["node.epoch"], 4);
+        assert_eq!(output.json["figures"]["node.role"], 1);
     }
 
     #[test]
