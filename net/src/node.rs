@@ -240,6 +240,14 @@ pub struct Node {
 impl Node {
     /// Starts a node and returns once every shard serves.
     pub fn start(config: &Config) -> Result<Node, String> {
+        Node::start_after(config, false)
+    }
+
+    /// `start`, right after a promotion in this process (`promoted`): the promotion opened a fresh
+    /// epoch with no record under it yet, so this start keeps it instead of opening another.
+    /// (Any other start of a primary opens a new epoch: after a crash, records under the current
+    /// one may exist on replicas only.)
+    pub fn start_after(config: &Config, promoted: bool) -> Result<Node, String> {
         log::set_level(config.log_level);
         let cpus = usable_cpus().map_err(|e| format!("sched_getaffinity: {e}"))?;
         let shards = config.shards.unwrap_or(cpus.len().min(SHARDS_MAX as usize) as u16);
@@ -356,7 +364,19 @@ impl Node {
         for r in &recovered {
             streams.push(StreamState::load(&r.dir)?);
         }
-        if !is_replica && repl_settings.enabled() {
+        let promoted_epoch = streams.first().map(|s| s.epoch).filter(|&epoch| {
+            promoted
+                && streams
+                    .iter()
+                    .all(|s| s.epoch == epoch && s.history.epoch_last() == epoch)
+        });
+        if let Some(epoch) = promoted_epoch {
+            log!(
+                Level::Info,
+                "primary at epoch {epoch} (promoted), replicas {:?}",
+                config.replicas
+            );
+        } else if !is_replica && repl_settings.enabled() {
             // Every start of a primary opens a new epoch: records a crash lost here but a replica
             // received (shipped before our fsync) become a foreign suffix the history detects,
             // never a second version of the same (epoch, lsn).

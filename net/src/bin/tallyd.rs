@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use tally_net::log::Level;
+use tally_net::replication::state::PersistedRole;
 use tally_net::system::{block_shutdown_signals, wait_for_signal};
 use tally_net::{log, Config, Node};
 
@@ -32,8 +33,9 @@ fn main() -> ExitCode {
             std::process::exit(1);
         }
     });
+    let mut promoted = false;
     loop {
-        let node = match Node::start(&config) {
+        let node = match Node::start_after(&config, promoted) {
             Ok(node) => node,
             Err(error) => {
                 eprintln!("tallyd: {error}");
@@ -63,7 +65,10 @@ fn main() -> ExitCode {
             break;
         }
         match role_change {
-            Some(role) => log!(Level::Info, "restarting as {role:?}"),
+            Some(role) => {
+                log!(Level::Info, "restarting as {role:?}");
+                promoted = role == PersistedRole::Primary;
+            }
             None => break,
         }
     }
