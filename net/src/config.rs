@@ -105,6 +105,11 @@ pub struct Config {
     /// `replicas_unavailable` (outcome unknown: retry with the same idempotency key).
     #[arg(long, env = "TALLY_REPLICATION_WAIT_MS", default_value_t = 2_000)]
     pub replication_wait_ms: u64,
+
+    /// Newest log records a primary shard keeps in memory to ship, KiB. A replica further behind
+    /// is resynchronised with a snapshot.
+    #[arg(long, env = "TALLY_SHIP_LOG_KIB", default_value_t = (crate::replication::SHIP_LOG_BYTES_MAX >> 10) as u64)]
+    pub ship_log_kib: u64,
 }
 
 /// `--ack-mode` values.

@@ -42,6 +42,18 @@ pub enum ShardReply {
     },
 }
 
+/// One replica link's figures (STATS `shard.N.repl.R.*`).
+#[derive(Debug, Clone, Default)]
+pub struct LinkFigures {
+    pub lsn_acked: u64,
+    /// Sealed lsns the replica has not acked.
+    pub lag_lsns: u64,
+    /// Milliseconds since its ack last moved, while it lags (0 when caught up).
+    pub lag_ms: u64,
+    pub connected: bool,
+    pub snapshots_sent: u64,
+}
+
 /// Everything one shard reports for STATS.
 #[derive(Debug, Clone, Default)]
 pub struct ShardFigures {
@@ -65,8 +77,8 @@ pub struct ShardFigures {
     /// Replication: 1 on a replica, 0 on a primary.
     pub replica: bool,
     pub epoch: u64,
-    /// Per replica link (on a primary): (acked lsn, lag in lsns, lag in ms, connected).
-    pub links: Vec<(u64, u64, u64, bool)>,
+    /// Per replica link (on a primary).
+    pub links: Vec<LinkFigures>,
 }
 
 impl ShardFigures {
@@ -102,12 +114,13 @@ impl ShardFigures {
             format!("shard.{s}.epoch"),
             i64::try_from(self.epoch).unwrap_or(i64::MAX),
         ));
-        for (r, (acked, lag_lsns, lag_ms, connected)) in self.links.iter().enumerate() {
+        for (r, link) in self.links.iter().enumerate() {
             let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-            out.push((format!("shard.{s}.repl.{r}.lsn_acked"), clamp(*acked)));
-            out.push((format!("shard.{s}.repl.{r}.lag_lsns"), clamp(*lag_lsns)));
-            out.push((format!("shard.{s}.repl.{r}.lag_ms"), clamp(*lag_ms)));
-            out.push((format!("shard.{s}.repl.{r}.connected"), i64::from(*connected)));
+            out.push((format!("shard.{s}.repl.{r}.lsn_acked"), clamp(link.lsn_acked)));
+            out.push((format!("shard.{s}.repl.{r}.lag_lsns"), clamp(link.lag_lsns)));
+            out.push((format!("shard.{s}.repl.{r}.lag_ms"), clamp(link.lag_ms)));
+            out.push((format!("shard.{s}.repl.{r}.connected"), i64::from(link.connected)));
+            out.push((format!("shard.{s}.repl.{r}.snapshots_sent"), clamp(link.snapshots_sent)));
         }
     }
 }

@@ -351,7 +351,8 @@ impl Node {
         });
         let splits = Arc::new(SplitRegistry::new(shards));
         let configs = (0..shards).map(|shard| settings.shard_config(shard, shards)).collect();
-        let mut recovered = recover_node(&data_dir, configs, &splits, replicating)?;
+        let ship_log_bytes = usize::try_from(config.ship_log_kib.saturating_mul(1024)).unwrap_or(usize::MAX);
+        let mut recovered = recover_node(&data_dir, configs, &splits, replicating.then_some(ship_log_bytes))?;
         let repl_settings = ReplSettings {
             node_id: node_state.as_ref().map_or(0, |s| s.node_id),
             addr: listen.to_string(),
@@ -1011,7 +1012,7 @@ async fn commit_loop(runtime: Rc<ShardRuntime>) {
             if runtime.repl.tees() {
                 let sealed = runtime.repl.ship_log.borrow_mut().seal(time_ms);
                 if let (Some(lsn), Some(primary)) = (sealed, &runtime.repl.primary) {
-                    primary.sealed(lsn);
+                    primary.sealed(lsn, runtime.repl.ship_log.borrow().retained_first());
                 }
             }
             match runtime.wal.commit_batch(time_ms).await {

@@ -19,7 +19,6 @@ use tally_wal::{recover_from_snapshot, FsDir, Recovered};
 use crate::log;
 use crate::log::Level;
 use crate::replication::ship_log::ShipLog;
-use crate::replication::SHIP_LOG_BYTES_MAX;
 
 /// One shard, recovered and ready to be moved onto its executor.
 pub struct RecoveredShard {
@@ -28,8 +27,8 @@ pub struct RecoveredShard {
     /// Records reconcile produced (lsn, record), to append to the log before serving.
     pub pending: Vec<(u64, Owned)>,
     pub dir: PathBuf,
-    /// On a replicating node: the records replayed (and reconcile's), newest within the ship log's
-    /// bound, so replicas and promoters can be served right after a restart.
+    /// On a replicating node (`ship_log_bytes`): the records replayed (and reconcile's), newest
+    /// within that bound, so replicas and promoters can be served right after a restart.
     pub ship_log: Option<ShipLog>,
     /// Set by the node after recovery (replication's per-shard state).
     pub stream: Option<crate::replication::state::StreamState>,
@@ -45,7 +44,7 @@ pub fn recover_node(
     data_dir: &Path,
     configs: Vec<ShardConfig>,
     splits: &Arc<SplitRegistry>,
-    replicating: bool,
+    ship_log_bytes: Option<usize>,
 ) -> Result<Vec<RecoveredShard>, String> {
     let started = Instant::now();
     // Shards recover in parallel, one thread each: replay is CPU-bound and shards share nothing
@@ -56,7 +55,7 @@ pub fn recover_node(
             .into_iter()
             .map(|config| {
                 let splits = splits.clone();
-                scope.spawn(move || recover_shard(data_dir, config, &splits, replicating))
+                scope.spawn(move || recover_shard(data_dir, config, &splits, ship_log_bytes))
             })
             .collect();
         handles
@@ -131,7 +130,7 @@ fn recover_shard(
     data_dir: &Path,
     config: ShardConfig,
     splits: &Arc<SplitRegistry>,
-    replicating: bool,
+    ship_log_bytes: Option<usize>,
 ) -> Result<(Shard, Recovered, PathBuf, Option<ShipLog>), String> {
     let shard = config.shard;
     let dir = shard_dir(data_dir, shard);
@@ -153,9 +152,9 @@ fn recover_shard(
                 },
                 None => state.0 = Some(Shard::new(config.clone(), splits.clone())),
             }
-            if replicating {
+            if let Some(bytes_max) = ship_log_bytes {
                 let lsn_next = snapshot.map_or(0, |s| s.lsn) + 1;
-                *ship_log.borrow_mut() = Some((ShipLog::new(lsn_next, SHIP_LOG_BYTES_MAX), 0));
+                *ship_log.borrow_mut() = Some((ShipLog::new(lsn_next, bytes_max), 0));
             }
         },
         |entry| {

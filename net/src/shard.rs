@@ -279,12 +279,13 @@ impl ShardRuntime {
                     .iter()
                     .map(|link| {
                         let (lag_lsns, lag_ms) = link.lag(sealed);
-                        (
-                            link.shipper.borrow().lsn_acked(),
+                        crate::mesh::LinkFigures {
+                            lsn_acked: link.shipper.borrow().lsn_acked(),
                             lag_lsns,
                             lag_ms,
-                            link.connected.get(),
-                        )
+                            connected: link.connected.get(),
+                            snapshots_sent: link.snapshots_sent.get(),
+                        }
                     })
                     .collect()
             }),

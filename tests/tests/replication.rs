@@ -472,6 +472,42 @@ fn a_wiped_replica_catches_up_from_nothing() {
     println!("wiped replica caught up: values {expected:?}, its shard.N.snapshots {snapshots:?}");
 }
 
+/// A replica further behind than the primary's ship log (here 1 KiB per shard) gets a snapshot
+/// of the primary's shard, then the stream.
+#[test]
+fn a_replica_behind_the_ship_log_catches_up_by_snapshot() {
+    let _serial = serial();
+    let mut cluster = Cluster::start(Options {
+        extra: vec!["--ship-log-kib".into(), "1".into()],
+        ..Options::default()
+    });
+    cluster.wait_ready(PRIMARY);
+    let p = cluster.addr(PRIMARY);
+    let mut primary = client(&p, REPLY_TIMEOUT).unwrap();
+    let names = names("snap", 8);
+    let mut history = Vec::new();
+    write_all_acked(&mut primary, &mut history, &names, 1 << 64, 100);
+    cluster.wait_caught_up(PRIMARY, R2);
+    cluster.stop(R2);
+    cluster.wipe(R2);
+    // Far more than 1 KiB of records per shard while R2 is away.
+    write_all_acked(&mut primary, &mut history, &names, 2 << 64, 400);
+    cluster.start_node(R2);
+    check_rule(&p, &history, &names);
+    let expected = read_values(&p, &names).unwrap();
+    assert_replica_matches(&cluster, PRIMARY, R2, &expected);
+    let s = stats(&p).unwrap();
+    let sent: i64 = (0..SHARDS)
+        .map(|shard| {
+            s.get(&format!("shard.{shard}.repl.1.snapshots_sent"))
+                .copied()
+                .unwrap_or(0)
+        })
+        .sum();
+    assert!(sent >= 1, "the primary sent R2 no snapshot: {s:?}");
+    println!("replica behind the ship log: caught up by {sent} snapshot(s), values {expected:?}");
+}
+
 /// One keyed write that must be refused with `replicas_unavailable` within `REFUSAL_BOUND`.
 fn assert_refused_for_replicas(client: &mut Client, history: &mut Vec<Attempt>, name: &str, key: u128, why: &str) {
     let (result, took) = send(client, history, name, key, 1);

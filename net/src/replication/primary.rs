@@ -38,6 +38,8 @@ pub struct Link {
     pub connected: Cell<bool>,
     /// When `lsn_acked` last moved (for the lag in seconds).
     acked_at: Cell<Instant>,
+    /// Snapshots sent to this replica since the node started.
+    pub snapshots_sent: Cell<u64>,
 }
 
 impl Link {
@@ -70,6 +72,8 @@ pub struct PrimarySide {
     /// shard refuses writes: a primary that restarts after a replica was promoted must not accept
     /// one under its old role.
     pub confirmed: Cell<bool>,
+    /// The ship log's first lsn as last told to the shippers.
+    retained_first: Cell<u64>,
 }
 
 impl PrimarySide {
@@ -93,6 +97,7 @@ impl PrimarySide {
                     wake: Semaphore::new(0),
                     connected: Cell::new(false),
                     acked_at: Cell::new(Instant::now()),
+                    snapshots_sent: Cell::new(0),
                 })
             })
             .collect();
@@ -100,15 +105,23 @@ impl PrimarySide {
             links,
             quorum: RefCell::new(Quorum::new(peers.len(), lsn_durable)),
             confirmed: Cell::new(false),
+            retained_first: Cell::new(retained_first),
         }
     }
 
-    /// The commit loop sealed everything up to `lsn`: ship it.
-    pub fn sealed(&self, lsn: u64) {
+    /// The commit loop sealed everything up to `lsn`: ship it. The ship log now holds lsns from
+    /// `retained_first` on: a replica that needs older ones gets a snapshot.
+    pub fn sealed(&self, lsn: u64, retained_first: u64) {
         for link in &self.links {
-            let commands = link.shipper.borrow_mut().sealed(lsn);
+            let mut shipper = link.shipper.borrow_mut();
+            let mut commands = shipper.sealed(lsn);
+            if retained_first > self.retained_first.get() {
+                commands.extend(shipper.retained_from(retained_first));
+            }
+            drop(shipper);
             link.push(commands);
         }
+        self.retained_first.set(self.retained_first.get().max(retained_first));
     }
 }
 
@@ -354,6 +367,7 @@ async fn write_commands<W: futures_lite::AsyncWrite + Unpin>(
             }
             ShipperCommand::SendSnapshot { .. } => {
                 let (lsn, bytes) = send_snapshot(runtime, writer, buf).await?;
+                link.snapshots_sent.set(link.snapshots_sent.get() + 1);
                 log!(
                     Level::Info,
                     "shard {shard}: sent replica {} a snapshot at lsn {lsn} ({bytes} bytes)",
