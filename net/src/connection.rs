@@ -535,7 +535,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(conn: Rc<Conn>, mut writer: W) {
                     head.borrow_mut()
                         .fail_unacked_writes(shard.durable.lsn_ackable(mode), code, message);
                 }
-                None if since.elapsed() >= shard.repl.settings.wait => {
+                None if mode != tally_replicate::AckMode::Local && since.elapsed() >= shard.repl.settings.wait => {
                     if let Err((code, message)) = shard.wait_ackable(lsn_needed, since).await {
                         head.borrow_mut()
                             .fail_unacked_writes(shard.durable.lsn_ackable(mode), code, message);

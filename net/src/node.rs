@@ -763,6 +763,7 @@ async fn run_shard(start: ShardStart) {
     spawn_request_receivers(&runtime, request_rx);
     spawn_reply_receivers(&runtime, reply_rx);
     spawn_links(&runtime);
+    glommio::spawn_local(crate::replication::primary::ticker(runtime.clone())).detach();
     if runtime.repl.replica.is_some() {
         glommio::spawn_local(need_loop(runtime.clone())).detach();
     }
@@ -829,10 +830,16 @@ async fn barrier(shared: &NodeShared, counter: &AtomicUsize) -> bool {
 async fn tick_until_shutdown(runtime: &Rc<ShardRuntime>, hot: &HotConfig) {
     let mut next_tick = Instant::now() + Duration::from_millis(hot.tick_ms);
     let mut promotions_seen = runtime.node.promote_generation.load(Ordering::Acquire);
+    let mut commit_poked = Instant::now();
     loop {
         glommio::timer::sleep(Duration::from_millis(SHUTDOWN_POLL_MS)).await;
         if shutdown_requested(&runtime.node) || runtime.node.failed.load(Ordering::Acquire) {
             return;
+        }
+        if commit_poked.elapsed() >= Duration::from_millis(WAL_MAINTAIN_MS) {
+            // The commit loop's periodic look (poison, a spare used up) without a timer of its own.
+            runtime.commit_wake.signal(1);
+            commit_poked = Instant::now();
         }
         if runtime.repl.replica.is_some() {
             // A replica's state changes only through its primary's stream.
@@ -1041,7 +1048,15 @@ async fn commit_loop(runtime: Rc<ShardRuntime>) {
         if runtime.connections_drained.get() {
             return;
         }
-        wait_signal_or(&runtime.commit_wake, Duration::from_millis(WAL_MAINTAIN_MS)).await;
+        // Woken by appends, and every WAL_MAINTAIN_MS by the shard's tick loop (a timer per wait
+        // here would cost an io_uring timeout and its cancellation per commit).
+        if runtime.commit_wake.acquire(1).await.is_err() {
+            return;
+        }
+        let extra = runtime.commit_wake.available();
+        if extra > 0 {
+            let _ = runtime.commit_wake.try_acquire(extra);
+        }
     }
 }
 

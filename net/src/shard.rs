@@ -150,6 +150,10 @@ impl ShardRuntime {
     /// replication wait counted from `since`. `Err` with the failure the waiting writes get.
     pub async fn wait_ackable(&self, lsn: u64, since: std::time::Instant) -> Result<(), (ErrorCode, &'static str)> {
         let mode = self.repl.settings.ack_mode;
+        if mode == tally_replicate::AckMode::Local {
+            // Only the local fsync: no replica to wait for, so no deadline.
+            return self.durable.wait(lsn).await.map_err(|fault| fault.failure());
+        }
         match self.durable.wait_mode(lsn, mode, since + self.repl.settings.wait).await {
             Ok(true) => Ok(()),
             Ok(false) => Err((

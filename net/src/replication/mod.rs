@@ -38,6 +38,10 @@ pub const RECONNECT_BACKOFF_MS: u64 = 100;
 pub const RECONNECT_BACKOFF_MS_MAX: u64 = 1_000;
 /// A sender with records in flight and no ack progress for this long resends from the last ack.
 pub const RESEND_MS: u64 = 1_000;
+/// How often a primary shard re-checks ack deadlines and resend timers (one timer per shard,
+/// rather than one per waiting write: see `DurableWatch::wait_mode`). Bounds how late a write past
+/// the replication wait is answered.
+pub const REPL_TICK_MS: u64 = 50;
 /// A replica with a gap and no progress for this long asks again (`Replica::need_timeout`).
 pub const NEED_MS: u64 = 500;
 /// The ship log's bound per shard: records a replica can catch up from without a snapshot.
@@ -45,6 +49,8 @@ pub const SHIP_LOG_BYTES_MAX: usize = 64 << 20;
 /// Messages a peer connection may have queued for writing; beyond, the connection is dropped (the
 /// peer resynchronises through Hello) rather than memory growing.
 pub const OUTBOX_MESSAGES_MAX: usize = 4_096;
+/// A peer connection's writer gathers queued messages into one write up to this many bytes.
+pub const OUTBOX_WRITE_BYTES: usize = 1 << 20;
 /// The largest snapshot a replica accepts in one transfer (it is held in memory until installed).
 pub const SNAPSHOT_BYTES_MAX: u64 = 4 << 30;
 

@@ -141,6 +141,19 @@ pub fn local_durable(runtime: &ShardRuntime, lsn: u64) {
     }
 }
 
+/// Every `REPL_TICK_MS` while the node runs: wakes ack waiters (their replication-wait deadlines
+/// are checked on wake-ups) and each link's writer (its resend check).
+pub async fn ticker(runtime: Rc<ShardRuntime>) {
+    let Some(side) = &runtime.repl.primary else { return };
+    while !shutdown_requested(&runtime.node) {
+        glommio::timer::sleep(Duration::from_millis(super::REPL_TICK_MS)).await;
+        runtime.durable.notify();
+        for link in &side.links {
+            link.wake.signal(1);
+        }
+    }
+}
+
 /// Starts one task per replica link; they end when the node shuts down or steps down.
 pub fn spawn_links(runtime: &Rc<ShardRuntime>) -> Vec<glommio::task::JoinHandle<()>> {
     let Some(side) = &runtime.repl.primary else {
@@ -311,19 +324,25 @@ async fn write_commands<W: futures_lite::AsyncWrite + Unpin>(
     writer: &mut W,
     buf: &mut Vec<u8>,
 ) -> Result<(), String> {
+    use futures_lite::AsyncWriteExt;
     let shard = runtime.id;
     let mut acked_seen = link.shipper.borrow().lsn_acked();
     let mut progress_at = Instant::now();
+    // Frames of the commands executed so far, written in one go when the queue runs dry.
+    let mut out: Vec<u8> = Vec::new();
     loop {
         let command = link.commands.borrow_mut().pop_front();
         let Some(command) = command else {
-            futures_lite::future::or(
-                async {
-                    let _ = link.wake.acquire(1).await;
-                },
-                glommio::timer::sleep(Duration::from_millis(RESEND_MS / 4)),
-            )
-            .await;
+            if !out.is_empty() {
+                writer.write_all(&out).await.map_err(|e| format!("write: {e}"))?;
+                out.clear();
+                continue;
+            }
+            // Woken by new commands, or by the shard's replication ticker (`ticker`) for the
+            // resend check: no timer per wait.
+            if link.wake.acquire(1).await.is_err() {
+                return Ok(());
+            }
             let extra = link.wake.available();
             if extra > 0 {
                 let _ = link.wake.try_acquire(extra);
@@ -350,7 +369,7 @@ async fn write_commands<W: futures_lite::AsyncWrite + Unpin>(
                     ));
                 };
                 let epoch = runtime.repl.stream.borrow().epoch;
-                let mut bytes = 0;
+                let before = out.len();
                 for chunk in chunks {
                     let ship = Message::Ship(Ship {
                         shard,
@@ -360,12 +379,21 @@ async fn write_commands<W: futures_lite::AsyncWrite + Unpin>(
                         time_ms: chunk.time_ms,
                         records: chunk.records.to_vec(),
                     });
-                    bytes += write_message(writer, &ship, buf).await? as u64;
+                    ship.encode(&mut out);
                 }
+                let bytes = (out.len() - before) as u64;
                 let commands = link.shipper.borrow_mut().sent(lsn_last, bytes);
                 link.push(commands);
+                if out.len() >= super::OUTBOX_WRITE_BYTES {
+                    writer.write_all(&out).await.map_err(|e| format!("write: {e}"))?;
+                    out.clear();
+                }
             }
             ShipperCommand::SendSnapshot { .. } => {
+                if !out.is_empty() {
+                    writer.write_all(&out).await.map_err(|e| format!("write: {e}"))?;
+                    out.clear();
+                }
                 let (lsn, bytes) = send_snapshot(runtime, writer, buf).await?;
                 link.snapshots_sent.set(link.snapshots_sent.get() + 1);
                 log!(

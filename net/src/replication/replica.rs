@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use futures_lite::{AsyncRead, AsyncWrite};
+use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use glommio::sync::Semaphore;
 use tally_engine::Shard;
 use tally_replicate::{decode_records, Fenced, Message, Promotion, PromotionCommand, Replica, ReplicaCommand, Ship};
@@ -16,7 +16,7 @@ use tally_wal::Room;
 
 use super::state::PersistedRole;
 use super::{
-    connect_peer, shard_addr, write_message, FrameReader, Read, NEED_MS, OUTBOX_MESSAGES_MAX, SNAPSHOT_BYTES_MAX,
+    connect_peer, shard_addr, FrameReader, Read, NEED_MS, OUTBOX_MESSAGES_MAX, OUTBOX_WRITE_BYTES, SNAPSHOT_BYTES_MAX,
 };
 use crate::connection::now_ms;
 use crate::log;
@@ -61,18 +61,26 @@ impl Outbox {
 async fn drain_outbox<W: AsyncWrite + Unpin>(outbox: Rc<Outbox>, mut writer: W) {
     let mut buf = Vec::new();
     loop {
-        let next = outbox.queue.borrow_mut().pop_front();
-        match next {
-            Some(message) => {
-                if write_message(&mut writer, &message, &mut buf).await.is_err() {
-                    break;
-                }
+        // Everything queued goes out in one write: acks of one fsync, a fetch's Ship frames.
+        buf.clear();
+        while let Some(message) = outbox.queue.borrow_mut().pop_front() {
+            message.encode(&mut buf);
+            if buf.len() >= OUTBOX_WRITE_BYTES {
+                break;
             }
-            None => {
-                if outbox.closed.get() || outbox.wake.acquire(1).await.is_err() {
-                    break;
-                }
+        }
+        if !buf.is_empty() {
+            if writer.write_all(&buf).await.is_err() {
+                break;
             }
+            continue;
+        }
+        if outbox.closed.get() || outbox.wake.acquire(1).await.is_err() {
+            break;
+        }
+        let extra = outbox.wake.available();
+        if extra > 0 {
+            let _ = outbox.wake.try_acquire(extra);
         }
     }
     outbox.close();
