@@ -55,8 +55,9 @@ pub struct Config {
     #[arg(long, env = "TALLY_NO_SPLIT")]
     pub no_split: bool,
 
-    /// Names with this prefix are strict counters: `PREFIX[,min=N][,max=N]` (repeatable), e.g.
-    /// `--strict-namespace inv:,min=0`.
+    /// Names with this prefix are strict counters: `PREFIX[,min=N][,max=N][,ack=MODE]`
+    /// (repeatable), e.g. `--strict-namespace inv:,min=0,ack=all`. `ack` is the weakest ack mode
+    /// their writes get (see `--ack-namespace`).
     #[arg(long = "strict-namespace", env = "TALLY_STRICT_NAMESPACE")]
     pub strict_namespaces: Vec<String>,
 
@@ -100,6 +101,12 @@ pub struct Config {
     /// fsync; the default with replicas), `all` (and every replica's).
     #[arg(long, env = "TALLY_ACK_MODE", value_enum)]
     pub ack_mode: Option<AckModeArg>,
+
+    /// Writes to names with this prefix are acknowledged in at least this mode: `PREFIX=MODE`
+    /// (repeatable), e.g. `--ack-namespace bill:=all`. The longest matching prefix wins; a frame
+    /// with several writes waits for the strongest mode among them.
+    #[arg(long = "ack-namespace", env = "TALLY_ACK_NAMESPACE", value_delimiter = ',')]
+    pub ack_namespaces: Vec<String>,
 
     /// How long a write waits for the replica acks its mode needs before it fails with
     /// `replicas_unavailable` (outcome unknown: retry with the same idempotency key).
@@ -157,6 +164,40 @@ impl Config {
         }
     }
 
+    /// Per-prefix ack modes from `--ack-namespace` and the strict namespaces' `ack=`, longest
+    /// prefix first. A replicated mode needs replicas.
+    pub fn ack_namespaces(&self) -> Result<Vec<(Vec<u8>, AckMode)>, String> {
+        let mut rules = Vec::new();
+        for spec in &self.ack_namespaces {
+            let (prefix, mode) = spec
+                .rsplit_once('=')
+                .ok_or_else(|| format!("--ack-namespace {spec:?}: expected PREFIX=MODE"))?;
+            rules.push((
+                prefix.as_bytes().to_vec(),
+                parse_ack_mode(mode).map_err(|e| format!("--ack-namespace {spec:?}: {e}"))?,
+            ));
+        }
+        for spec in &self.strict_namespaces {
+            let mut parts = spec.split(',');
+            let prefix = parts.next().unwrap_or_default();
+            for part in parts {
+                if let Some(mode) = part.strip_prefix("ack=") {
+                    let mode = parse_ack_mode(mode).map_err(|e| format!("strict namespace {spec:?}: {e}"))?;
+                    rules.push((prefix.as_bytes().to_vec(), mode));
+                }
+            }
+        }
+        let replicated = !self.replicas.is_empty() || self.replica_of.is_some();
+        if let Some((prefix, mode)) = rules.iter().find(|(_, m)| *m != AckMode::Local && !replicated) {
+            return Err(format!(
+                "ack mode {mode:?} for {:?} needs replicas (--replica HOST:PORT)",
+                String::from_utf8_lossy(prefix)
+            ));
+        }
+        rules.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        Ok(rules)
+    }
+
     pub fn namespaces(&self) -> Result<Vec<NamespaceRule>, String> {
         self.strict_namespaces
             .iter()
@@ -165,7 +206,16 @@ impl Config {
     }
 }
 
-/// Parses `PREFIX[,min=N][,max=N]`.
+fn parse_ack_mode(mode: &str) -> Result<AckMode, String> {
+    match mode {
+        "local" => Ok(AckMode::Local),
+        "quorum" => Ok(AckMode::Quorum),
+        "all" => Ok(AckMode::All),
+        _ => Err(format!("unknown ack mode {mode:?} (local, quorum, all)")),
+    }
+}
+
+/// Parses `PREFIX[,min=N][,max=N][,ack=MODE]` (`ack` is read by `Config::ack_namespaces`).
 pub fn parse_namespace(spec: &str) -> Result<NamespaceRule, String> {
     let mut parts = spec.split(',');
     let prefix = parts.next().unwrap_or_default();
@@ -182,13 +232,20 @@ pub fn parse_namespace(spec: &str) -> Result<NamespaceRule, String> {
         let (key, value) = part
             .split_once('=')
             .ok_or_else(|| format!("strict namespace {spec:?}: expected key=value, got {part:?}"))?;
+        if key == "ack" {
+            continue;
+        }
         let value: i64 = value
             .parse()
             .map_err(|e| format!("strict namespace {spec:?}: {key}: {e}"))?;
         match key {
             "min" => rule.min = Some(value),
             "max" => rule.max = Some(value),
-            _ => return Err(format!("strict namespace {spec:?}: unknown option {key:?} (min, max)")),
+            _ => {
+                return Err(format!(
+                    "strict namespace {spec:?}: unknown option {key:?} (min, max, ack)"
+                ))
+            }
         }
     }
     if let (Some(min), Some(max)) = (rule.min, rule.max) {
@@ -221,6 +278,27 @@ mod tests {
         assert_eq!(config.ack_mode(), Ok(AckMode::Quorum));
         let config = Config::try_parse_from(["tallyd", "--ack-mode", "all"]).unwrap();
         assert!(config.ack_mode().is_err(), "all without replicas is refused");
+        let config = Config::try_parse_from([
+            "tallyd",
+            "--replica",
+            "127.0.0.1:7500",
+            "--ack-namespace",
+            "bill:=all,b=local",
+            "--strict-namespace",
+            "inv:,min=0,ack=quorum",
+        ])
+        .unwrap();
+        let rules = config.ack_namespaces().unwrap();
+        assert_eq!(rules[0], (b"bill:".to_vec(), AckMode::All), "longest prefix first");
+        assert!(rules.contains(&(b"inv:".to_vec(), AckMode::Quorum)));
+        assert_eq!(config.namespaces().unwrap()[0].min, Some(0), "ack= is not a bound");
+        let config = Config::try_parse_from(["tallyd", "--ack-namespace", "bill:=all"]).unwrap();
+        assert!(
+            config.ack_namespaces().is_err(),
+            "a replicated mode without replicas is refused"
+        );
+        let config = Config::try_parse_from(["tallyd", "--ack-namespace", "bill:=most"]).unwrap();
+        assert!(config.ack_namespaces().is_err());
         let config = Config::try_parse_from(["tallyd", "--replica-of", "127.0.0.1:7400", "--ack-mode", "all"]).unwrap();
         assert_eq!(config.ack_mode(), Ok(AckMode::All));
     }

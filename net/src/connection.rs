@@ -63,6 +63,8 @@ pub struct FrameState {
     /// When the frame was read: its writes wait for replica acks at most the replication wait from
     /// here.
     since: std::time::Instant,
+    /// The ack mode the frame's local writes wait for (the strongest among them).
+    mode: tally_replicate::AckMode,
 }
 
 impl FrameState {
@@ -74,6 +76,7 @@ impl FrameState {
             pending: 0,
             lsn_needed: 0,
             since: std::time::Instant::now(),
+            mode: tally_replicate::AckMode::Local,
         }
     }
 
@@ -383,6 +386,7 @@ async fn serve_frame(conn: &Rc<Conn>, header: &FrameHeader, body: &[u8]) {
     let mut stats_at = None;
     let mut promote_at = None;
     let mut wrote = false;
+    let mut mode = shard.repl.settings.ack_mode;
     let mut client = conn.client.borrow().clone();
     for (index, (opcode, op)) in RequestOps::new(body, header.op_count).enumerate() {
         let item = match op {
@@ -420,7 +424,11 @@ async fn serve_frame(conn: &Rc<Conn>, header: &FrameHeader, body: &[u8]) {
             {
                 Applied::Done(outcome) => {
                     // Only writes this shard applied wait for this shard's log.
-                    wrote |= is_write(&op);
+                    if is_write(&op) {
+                        wrote = true;
+                        let name = op.name().expect("writes name a counter");
+                        mode = crate::replication::strongest(mode, shard.repl.settings.ack_mode_for(name));
+                    }
                     Item::Done {
                         opcode,
                         outcome,
@@ -461,6 +469,7 @@ async fn serve_frame(conn: &Rc<Conn>, header: &FrameHeader, body: &[u8]) {
         pending,
         lsn_needed,
         since: std::time::Instant::now(),
+        mode,
     }));
     conn.queue.borrow_mut().push_back(frame.clone());
     if pending == 0 {
@@ -522,12 +531,11 @@ async fn write_loop<W: AsyncWrite + Unpin>(conn: Rc<Conn>, mut writer: W) {
             if !head.borrow().is_complete() {
                 break;
             }
-            let (lsn_needed, since) = {
+            let (lsn_needed, since, mode) = {
                 let head = head.borrow();
-                (head.lsn_needed, head.since)
+                (head.lsn_needed, head.since, head.mode)
             };
             let shard = &conn.shard;
-            let mode = shard.repl.settings.ack_mode;
             match shard.durable.check_mode(lsn_needed, mode) {
                 Some(Ok(())) => {}
                 Some(Err(fault)) => {
@@ -536,13 +544,13 @@ async fn write_loop<W: AsyncWrite + Unpin>(conn: Rc<Conn>, mut writer: W) {
                         .fail_unacked_writes(shard.durable.lsn_ackable(mode), code, message);
                 }
                 None if mode != tally_replicate::AckMode::Local && since.elapsed() >= shard.repl.settings.wait => {
-                    if let Err((code, message)) = shard.wait_ackable(lsn_needed, since).await {
+                    if let Err((code, message)) = shard.wait_ackable(lsn_needed, mode, since).await {
                         head.borrow_mut()
                             .fail_unacked_writes(shard.durable.lsn_ackable(mode), code, message);
                     }
                 }
                 None => {
-                    durable_wait = Some((lsn_needed, since));
+                    durable_wait = Some((lsn_needed, mode, since));
                     break;
                 }
             }
@@ -561,10 +569,10 @@ async fn write_loop<W: AsyncWrite + Unpin>(conn: Rc<Conn>, mut writer: W) {
             conn.in_flight.signal(frames);
             continue;
         }
-        if let Some((lsn, since)) = durable_wait {
+        if let Some((lsn, mode, since)) = durable_wait {
             // The head is answered, but not acknowledgeable yet: the next fsync or replica ack (or
             // the poison, or the replication wait running out) wakes us.
-            let _ = conn.shard.wait_ackable(lsn, since).await;
+            let _ = conn.shard.wait_ackable(lsn, mode, since).await;
             continue;
         }
         if conn.reader_done.get() && conn.queue.borrow().is_empty() {
@@ -633,6 +641,7 @@ mod tests {
             pending: 2,
             lsn_needed: 0,
             since: std::time::Instant::now(),
+            mode: tally_replicate::AckMode::Local,
         };
         assert!(!frame.is_complete());
         frame.fill_remote(&[0], vec![Err(Failure::new(ErrorCode::Overflow, "o"))]);

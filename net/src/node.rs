@@ -358,6 +358,7 @@ impl Node {
             addr: listen.to_string(),
             peers: config.replicas.clone(),
             ack_mode,
+            ack_namespaces: config.ack_namespaces()?,
             wait: Duration::from_millis(config.replication_wait_ms),
             shards,
         };

@@ -148,8 +148,12 @@ impl ShardRuntime {
 
     /// Waits until a change at `lsn` may be acknowledged in the node's ack mode, up to the
     /// replication wait counted from `since`. `Err` with the failure the waiting writes get.
-    pub async fn wait_ackable(&self, lsn: u64, since: std::time::Instant) -> Result<(), (ErrorCode, &'static str)> {
-        let mode = self.repl.settings.ack_mode;
+    pub async fn wait_ackable(
+        &self,
+        lsn: u64,
+        mode: tally_replicate::AckMode,
+        since: std::time::Instant,
+    ) -> Result<(), (ErrorCode, &'static str)> {
         if mode == tally_replicate::AckMode::Local {
             // Only the local fsync: no replica to wait for, so no deadline.
             return self.durable.wait(lsn).await.map_err(|fault| fault.failure());
@@ -354,9 +358,16 @@ impl ShardRuntime {
     }
 
     /// Applies ops another shard forwarded here. This shard owns their names, so the engine must
-    /// never forward them again. Returns the outcomes and the LSN that must be durable before they
-    /// are sent back (0 when nothing was written).
-    async fn apply_forwarded(&self, client: &[u8], now_ms: u64, count: u16, ops: &[u8]) -> (Vec<Outcome>, u64) {
+    /// never forward them again. Returns the outcomes, the LSN that must be acknowledgeable before
+    /// they are sent back (0 when nothing was written) and the ack mode it must be in.
+    async fn apply_forwarded(
+        &self,
+        client: &[u8],
+        now_ms: u64,
+        count: u16,
+        ops: &[u8],
+    ) -> (Vec<Outcome>, u64, tally_replicate::AckMode) {
+        let mut mode = self.repl.settings.ack_mode;
         self.counters
             .ops_forwarded_in
             .set(self.counters.ops_forwarded_in.get() + u64::from(count));
@@ -367,7 +378,11 @@ impl ShardRuntime {
         for (_, op) in iter.by_ref() {
             let outcome = match op {
                 Ok(op) => {
-                    wrote |= is_write(&op);
+                    if is_write(&op) {
+                        wrote = true;
+                        let name = op.name().expect("writes name a counter");
+                        mode = crate::replication::strongest(mode, self.repl.settings.ack_mode_for(name));
+                    }
                     match self.apply_logged(&op, &ctx).await {
                         Applied::Done(outcome) => outcome,
                         Applied::Forward(to) => Err(Failure::new(
@@ -382,7 +397,7 @@ impl ShardRuntime {
         }
         assert_eq!(iter.trailing_bytes(), 0, "forwarded ops are encoded by a shard");
         let lsn_needed = if wrote { self.engine.borrow().lsn() } else { 0 };
-        (outcomes, lsn_needed)
+        (outcomes, lsn_needed, mode)
     }
 }
 
@@ -448,8 +463,7 @@ pub fn spawn_request_receivers(shard: &Rc<ShardRuntime>, mut receivers: Receiver
                         ops,
                     } => {
                         let since = std::time::Instant::now();
-                        let (outcomes, lsn_needed) = shard.apply_forwarded(&client, now_ms, count, &ops).await;
-                        let mode = shard.repl.settings.ack_mode;
+                        let (outcomes, lsn_needed, mode) = shard.apply_forwarded(&client, now_ms, count, &ops).await;
                         if shard.durable.check_mode(lsn_needed, mode) == Some(Ok(())) {
                             if shard
                                 .replies
@@ -464,8 +478,8 @@ pub fn spawn_request_receivers(shard: &Rc<ShardRuntime>, mut receivers: Receiver
                             let shard = shard.clone();
                             glommio::spawn_local(async move {
                                 let mut outcomes = outcomes;
-                                if let Err((code, message)) = shard.wait_ackable(lsn_needed, since).await {
-                                    let ackable = shard.durable.lsn_ackable(shard.repl.settings.ack_mode);
+                                if let Err((code, message)) = shard.wait_ackable(lsn_needed, mode, since).await {
+                                    let ackable = shard.durable.lsn_ackable(mode);
                                     fail_unacked_writes(outcomes.iter_mut(), ackable, code, message);
                                 }
                                 let _ = shard.replies.send_to(peer, ShardReply::Ops { id, outcomes }).await;

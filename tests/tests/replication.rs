@@ -508,6 +508,42 @@ fn a_replica_behind_the_ship_log_catches_up_by_snapshot() {
     println!("replica behind the ship log: caught up by {sent} snapshot(s), values {expected:?}");
 }
 
+/// A namespace's ack mode is a floor: with one replica cut, quorum writes go on while writes to
+/// the `bill:` namespace (`--ack-namespace bill:=all`) fail with `replicas_unavailable`.
+#[test]
+fn a_namespace_ack_mode_all_needs_every_replica() {
+    let _serial = serial();
+    let cluster = Cluster::start(Options {
+        replication_wait_ms: 1_000,
+        proxied: true,
+        extra: vec!["--ack-namespace".into(), "bill:=all".into()],
+        ..Options::default()
+    });
+    cluster.wait_ready(PRIMARY);
+    let p = cluster.addr(PRIMARY);
+    let mut primary = client(&p, REPLY_TIMEOUT).unwrap();
+    let plain = names("plain", 2);
+    let bill = names("bill:", 2);
+    let mut history = Vec::new();
+    write_all_acked(&mut primary, &mut history, &plain, 1 << 64, 10);
+    write_all_acked(&mut primary, &mut history, &bill, 2 << 64, 10);
+    cluster.proxy(R1).cut();
+    write_all_acked(&mut primary, &mut history, &plain, 3 << 64, 10);
+    assert_refused_for_replicas(
+        &mut primary,
+        &mut history,
+        &bill[0],
+        4 << 64,
+        "bill: needs both replicas",
+    );
+    cluster.proxy(R1).heal();
+    send_until_acked(&p, &mut history, &bill[1], 5 << 64, 1, CATCH_UP_TIMEOUT);
+    let mut all = plain.clone();
+    all.extend(bill.iter().cloned());
+    let report = check_rule(&p, &history, &all);
+    println!("namespace ack mode: {report}");
+}
+
 /// One keyed write that must be refused with `replicas_unavailable` within `REFUSAL_BOUND`.
 fn assert_refused_for_replicas(client: &mut Client, history: &mut Vec<Attempt>, name: &str, key: u128, why: &str) {
     let (result, took) = send(client, history, name, key, 1);

@@ -63,14 +63,40 @@ pub struct ReplSettings {
     /// The other nodes of the set: replicas (on a primary) or fellow replicas (on a replica).
     pub peers: Vec<SocketAddr>,
     pub ack_mode: AckMode,
+    /// Per-prefix floors on the ack mode, longest prefix first.
+    pub ack_namespaces: Vec<(Vec<u8>, AckMode)>,
     pub wait: Duration,
     pub shards: u16,
 }
 
 impl ReplSettings {
+    /// The ack mode a write of `name` waits for: the node's, raised to its namespace's if stronger.
+    pub fn ack_mode_for(&self, name: &[u8]) -> AckMode {
+        let floor = self
+            .ack_namespaces
+            .iter()
+            .find(|(prefix, _)| name.starts_with(prefix))
+            .map(|(_, mode)| *mode);
+        strongest(self.ack_mode, floor.unwrap_or(AckMode::Local))
+    }
+
     /// Whether this node replicates at all.
     pub fn enabled(&self) -> bool {
         !self.peers.is_empty()
+    }
+}
+
+/// The stronger of two ack modes (local < quorum < all).
+pub fn strongest(a: AckMode, b: AckMode) -> AckMode {
+    let rank = |m: AckMode| match m {
+        AckMode::Local => 0,
+        AckMode::Quorum => 1,
+        AckMode::All => 2,
+    };
+    if rank(b) > rank(a) {
+        b
+    } else {
+        a
     }
 }
 
