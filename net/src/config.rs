@@ -194,7 +194,7 @@ impl Config {
                 String::from_utf8_lossy(prefix)
             ));
         }
-        rules.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        rules.sort_by_key(|rule| std::cmp::Reverse(rule.0.len()));
         Ok(rules)
     }
 
