@@ -18,13 +18,30 @@ use tally_wal::record::{decode_entry, encode_define_name, encode_record, NameDic
 use tally_wal::WalError;
 
 /// Builds the record bytes of one Ship frame. Reused across frames: `take` hands out the bytes and
-/// starts a new frame (and a new dictionary), keeping the map's capacity.
-#[derive(Debug, Default)]
+/// starts a new frame (and a new dictionary), keeping the table's and the name arena's capacity.
+///
+/// The dictionary stores names in one arena and indexes them by hash, so pushing a record of a
+/// name new to the frame allocates nothing once the buffers have grown (with many distinct names,
+/// most records are of a new name: an allocation per name was a visible share of shipping).
+#[derive(Default)]
 pub struct RecordsEncoder {
     bytes: Vec<u8>,
-    /// Name bytes → frame-local dictionary id.
-    names: hashbrown::HashMap<Vec<u8>, u32>,
+    /// The frame's distinct names, back to back.
+    names: Vec<u8>,
+    /// (hash, offset in `names`, length, frame-local id) per distinct name.
+    index: hashbrown::HashTable<(u64, u32, u32, u32)>,
+    hasher: hashbrown::DefaultHashBuilder,
     count: u64,
+}
+
+impl std::fmt::Debug for RecordsEncoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordsEncoder")
+            .field("bytes", &self.bytes.len())
+            .field("names", &self.index.len())
+            .field("count", &self.count)
+            .finish()
+    }
 }
 
 impl RecordsEncoder {
@@ -35,13 +52,25 @@ impl RecordsEncoder {
     /// Appends one record (the next lsn of the frame). The record's own `name_id` is ignored: ids are
     /// this frame's.
     pub fn push(&mut self, record: &LogRecord<'_>) {
+        use std::hash::BuildHasher;
         let name = record.name();
-        let id = match self.names.get(name) {
-            Some(&id) => id,
+        let hash = self.hasher.hash_one(name);
+        let names = &self.names;
+        let found = self
+            .index
+            .find(hash, |&(h, at, len, _)| {
+                h == hash && &names[at as usize..(at + len) as usize] == name
+            })
+            .map(|&(_, _, _, id)| id);
+        let id = match found {
+            Some(id) => id,
             None => {
-                let id = self.names.len() as u32;
+                let id = self.index.len() as u32;
                 encode_define_name(&mut self.bytes, id, name);
-                self.names.insert(name.to_vec(), id);
+                let at = self.names.len() as u32;
+                self.names.extend_from_slice(name);
+                self.index
+                    .insert_unique(hash, (hash, at, name.len() as u32, id), |&(h, ..)| h);
                 id
             }
         };
@@ -63,6 +92,7 @@ impl RecordsEncoder {
     /// The frame's record bytes; the encoder starts over with an empty dictionary.
     pub fn take(&mut self) -> Vec<u8> {
         self.names.clear();
+        self.index.clear();
         self.count = 0;
         std::mem::take(&mut self.bytes)
     }
