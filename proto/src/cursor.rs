@@ -50,6 +50,10 @@ impl<'a> Cursor<'a> {
         Ok(u16::from_le_bytes(self.bytes(2)?.try_into().expect("2 bytes")))
     }
 
+    pub(crate) fn u32(&mut self) -> Result<u32, DecodeError> {
+        Ok(u32::from_le_bytes(self.bytes(4)?.try_into().expect("4 bytes")))
+    }
+
     pub(crate) fn u64(&mut self) -> Result<u64, DecodeError> {
         Ok(u64::from_le_bytes(self.bytes(8)?.try_into().expect("8 bytes")))
     }
