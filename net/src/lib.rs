@@ -11,6 +11,8 @@
 pub mod config;
 pub mod connection;
 pub mod durability;
+pub mod events;
+pub mod history;
 pub mod limits;
 pub mod log;
 pub mod mesh;
@@ -18,6 +20,7 @@ pub mod node;
 pub mod recovery;
 pub mod shard;
 pub mod system;
+pub mod windows;
 
 pub use config::Config;
 pub use node::Node;

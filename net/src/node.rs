@@ -30,6 +30,7 @@ use tally_wal::{DmaStorage, Recovered, Room, Wal, WalConfig, WalError};
 use crate::config::Config;
 use crate::connection::{self, now_ms};
 use crate::durability::LogFault;
+use crate::history::HistoryStart;
 use crate::limits::{
     CROSS_SHARD_QUEUE_DEPTH, SHUTDOWN_DRAIN_MS_MAX, SHUTDOWN_POLL_MS, SNAPSHOT_DEPS_WAIT_MS, SNAPSHOT_POLL_MS,
     WAL_MAINTAIN_MS,
@@ -91,10 +92,7 @@ impl EngineSettings {
         config.hot = self.hot.clone();
         config.namespaces = self.namespaces.clone();
         config.dedup_window_ms = self.dedup_window_ms;
-        // The engine's time-window store is off in the node until the node writes its sealed
-        // seconds to disk and serves WINDOW/SERIES (issue 6): kept on, it would only cost memory
-        // (up to its 15-minute cap) and a per-second compaction on the shard.
-        config.windows.enabled = false;
+        // Time windows are on with the engine's default tiers; `history` drains them to disk.
         config
     }
 }
@@ -103,6 +101,8 @@ impl EngineSettings {
 pub struct Node {
     shared: Arc<NodeShared>,
     handles: Vec<ExecutorJoinHandle<()>>,
+    /// Each shard's window writer thread; ends once its shard has stopped.
+    window_writers: Vec<crate::windows::Writer>,
     pub listen: SocketAddr,
     pub unix_socket: Option<PathBuf>,
     pub shard_ports: Vec<u16>,
@@ -164,8 +164,11 @@ impl Node {
             lsn_durable: (0..shards).map(|_| AtomicU64::new(0)).collect(),
         });
         let splits = Arc::new(SplitRegistry::new(shards));
-        let configs = (0..shards).map(|shard| settings.shard_config(shard, shards)).collect();
-        let recovered = recover_node(&data_dir, configs, &splits)?;
+        let configs: Vec<ShardConfig> = (0..shards).map(|shard| settings.shard_config(shard, shards)).collect();
+        let windows = crate::windows::recover_node(&data_dir, &configs, &shared)?;
+        let recovered = recover_node(&data_dir, configs, &splits, &windows.durable_ms)?;
+        let (asks_mesh, answers_mesh) = HistoryStart::meshes(shards);
+        let mut window_links = windows.links.into_iter();
         let request_mesh = MeshBuilder::<ShardRequest, _>::full(shards as usize, CROSS_SHARD_QUEUE_DEPTH);
         let reply_mesh = MeshBuilder::<ShardReply, _>::full(shards as usize, CROSS_SHARD_QUEUE_DEPTH);
         let (ready_tx, ready_rx) = mpsc::channel::<Result<u16, String>>();
@@ -182,6 +185,14 @@ impl Node {
                 settings: settings.clone(),
                 request_mesh: request_mesh.clone(),
                 reply_mesh: reply_mesh.clone(),
+                history: HistoryStart {
+                    asks: asks_mesh.clone(),
+                    answers: answers_mesh.clone(),
+                    files: windows.files.clone(),
+                    dirs: windows.dirs.clone(),
+                    writer: window_links.next(),
+                    retention_ms: settings.retention_ms,
+                },
                 ready: ready_tx.clone(),
             };
             let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
@@ -207,6 +218,7 @@ impl Node {
             shard_ports: shared.shard_ports.iter().map(|p| p.load(Ordering::Acquire)).collect(),
             shared,
             handles,
+            window_writers: windows.writers,
             listen,
             unix_socket: config.unix_socket.clone(),
             cpus,
@@ -232,6 +244,9 @@ impl Node {
             if let Err(error) = handle.join() {
                 log!(Level::Error, "shard executor failed: {error}");
             }
+        }
+        for writer in self.window_writers {
+            writer.stop();
         }
         if let Some(path) = &self.unix_socket {
             let _ = std::fs::remove_file(path);
@@ -321,6 +336,7 @@ struct ShardStart {
     settings: EngineSettings,
     request_mesh: MeshBuilder<ShardRequest, glommio::channels::channel_mesh::Full>,
     reply_mesh: MeshBuilder<ShardReply, glommio::channels::channel_mesh::Full>,
+    history: HistoryStart,
     ready: mpsc::Sender<Result<u16, String>>,
 }
 
@@ -335,6 +351,7 @@ async fn run_shard(start: ShardStart) {
         settings,
         request_mesh,
         reply_mesh,
+        history,
         ready,
     } = start;
     let fail = |message: String| {
@@ -351,6 +368,10 @@ async fn run_shard(start: ShardStart) {
     else {
         return fail(format!("shard {shard}: could not join the cross-shard mesh"));
     };
+    let (mut history, history_tasks) = match history.join(shard, request_tx.peer_id()).await {
+        Ok(joined) => joined,
+        Err(e) => return fail(e),
+    };
     shared.peer_of[shard as usize].store(request_tx.peer_id(), Ordering::Release);
     assert_eq!(
         request_tx.peer_id(),
@@ -361,7 +382,8 @@ async fn run_shard(start: ShardStart) {
     if !barrier(&shared, &shared.joined).await {
         return fail(format!("shard {shard}: another shard failed to start"));
     }
-    let peer_of = shared.peer_of.iter().map(|p| p.load(Ordering::Acquire)).collect();
+    let peer_of: Vec<usize> = shared.peer_of.iter().map(|p| p.load(Ordering::Acquire)).collect();
+    history.set_peers(peer_of.clone());
 
     let RecoveredShard {
         engine,
@@ -398,6 +420,7 @@ async fn run_shard(start: ShardStart) {
         reply_tx,
         peer_of,
         wal,
+        history,
     ));
     // The log's durable LSN, not the engine's: reconcile's records are appended but not durable.
     shared.lsn_durable[shard as usize].store(runtime.durable.lsn_durable(), Ordering::Release);
@@ -409,6 +432,7 @@ async fn run_shard(start: ShardStart) {
     let snapshot_task = glommio::spawn_local(snapshot_loop(runtime.clone(), settings.clone()));
     spawn_request_receivers(&runtime, request_rx);
     spawn_reply_receivers(&runtime, reply_rx);
+    crate::history::spawn_tasks(&runtime, history_tasks);
 
     let main = match TcpListener::bind(listen) {
         Ok(listener) => listener,
@@ -478,18 +502,23 @@ async fn tick_until_shutdown(runtime: &Rc<ShardRuntime>, hot: &HotConfig) {
         }
         if Instant::now() >= next_tick {
             // Splits and merges are logged; skip a tick while the open batch is full or the log failed.
+            let now = runtime.clock_ms();
             if runtime.wal.room_for(TICK_LOG_BYTES_MAX) == Room::Ready
                 && runtime.durable.fault().is_none()
                 && !runtime.wal.is_poisoned()
+                && !runtime.batch_second_changed(now)
             {
                 let mut sink = &runtime.wal;
                 let lsn_before = runtime.engine.borrow().lsn();
-                runtime.engine.borrow_mut().tick(now_ms(), &mut sink);
+                runtime.engine.borrow_mut().tick(now, &mut sink);
                 if runtime.engine.borrow().lsn() != lsn_before {
+                    if runtime.batch_time_ms.get().is_none() {
+                        runtime.batch_time_ms.set(Some(now));
+                    }
                     runtime.commit_wake.signal(1);
                 }
             } else {
-                // Seal the open batch so that the next tick finds room.
+                // Seal the open batch so that the next tick finds room (or a batch of this second).
                 runtime.commit_wake.signal(1);
             }
             next_tick += Duration::from_millis(hot.tick_ms);
@@ -639,7 +668,12 @@ async fn commit_loop(runtime: Rc<ShardRuntime>) {
         if pending && runtime.durable.fault().is_none() {
             let records = runtime.wal.lsn_appended() - runtime.durable.lsn_durable();
             let started = Instant::now();
-            match runtime.wal.commit_batch(now_ms()).await {
+            // The batch carries its first record's apply time. Taking it and sealing happen in one
+            // step (commit_batch seals before its first await), and ops waiting for the seal
+            // (`apply_logged`) run only once this task awaits the write.
+            let batch_time_ms = runtime.batch_time_ms.take().unwrap_or_else(|| runtime.clock_ms());
+            runtime.durable.notify();
+            match runtime.wal.commit_batch(batch_time_ms).await {
                 // Maintenance failed while this commit was in flight: the shard acks nothing more.
                 Ok(_) if runtime.durable.fault().is_some() => {}
                 Ok(lsn) => {

@@ -34,10 +34,13 @@ pub fn shard_dir(data_dir: &Path, shard: u16) -> PathBuf {
 }
 
 /// Recovers every shard of a node. `configs[i]` is shard i's engine configuration.
+/// `windows_durable_ms[i]`: shard i's window files are complete up to there (set in the engine
+/// before its log is replayed, so those seconds are not handed out for disk again).
 pub fn recover_node(
     data_dir: &Path,
     configs: Vec<ShardConfig>,
     splits: &Arc<SplitRegistry>,
+    windows_durable_ms: &[u64],
 ) -> Result<Vec<RecoveredShard>, String> {
     let started = Instant::now();
     // Shards recover in parallel, one thread each: replay is CPU-bound and shards share nothing
@@ -47,7 +50,8 @@ pub fn recover_node(
             .into_iter()
             .map(|config| {
                 let splits = splits.clone();
-                scope.spawn(move || recover_shard(data_dir, config, &splits))
+                let durable = windows_durable_ms.get(config.shard as usize).copied().unwrap_or(0);
+                scope.spawn(move || recover_shard(data_dir, config, &splits, durable))
             })
             .collect();
         handles
@@ -107,6 +111,7 @@ fn recover_shard(
     data_dir: &Path,
     config: ShardConfig,
     splits: &Arc<SplitRegistry>,
+    windows_durable_ms: u64,
 ) -> Result<(Shard, Recovered, PathBuf), String> {
     let shard = config.shard;
     let dir = shard_dir(data_dir, shard);
@@ -125,6 +130,10 @@ fn recover_shard(
                     Err(e) => state.1 = Some(format!("snapshot {} of shard {shard}: {e}", snapshot.file)),
                 },
                 None => state.0 = Some(Shard::new(config.clone(), splits.clone())),
+            }
+            // Before replay: seconds already in window files are not handed out again.
+            if let Some(engine) = state.0.as_mut() {
+                engine.windows_set_durable(windows_durable_ms);
             }
         },
         |entry| {
