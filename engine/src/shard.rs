@@ -311,6 +311,11 @@ impl Shard {
     }
 
     fn apply_checked(&mut self, op: &Request<'_>, ctx: &Ctx<'_>, log: &mut dyn LogSink) -> Applied {
+        if op.is_history() {
+            // WINDOW, SERIES, AUDIT and EVENTS read windows, rings and logs through the node.
+            self.counts.ops_failed += 1;
+            return Applied::Done(Err(Failure::new(ErrorCode::Internal, "handled by the node")));
+        }
         let Some(name) = op.name() else {
             self.counts.ops_failed += 1;
             return Applied::Done(Err(Failure::new(ErrorCode::Internal, "handled by the node")));
@@ -350,6 +355,9 @@ impl Shard {
             Request::Reset { value, reason, .. } => self.reset(key, value, reason, ctx, log),
             Request::Hello { .. } | Request::Stats | Request::Promote { .. } => {
                 unreachable!("ops without a name were answered above")
+            }
+            Request::Window { .. } | Request::Series { .. } | Request::Audit { .. } | Request::Events { .. } => {
+                unreachable!("history ops were answered above")
             }
         };
         match &outcome {

@@ -25,6 +25,7 @@ use tally_proto::{
     Request, RequestOps, StatsReply, PROTOCOL_VERSION,
 };
 
+use crate::history::HistoryOp;
 use crate::limits::{READ_BUFFER_BYTES, WRITE_FLUSH_BYTES};
 use crate::mesh::ShardFigures;
 use crate::shard::{fail_unacked_writes, failure_of, is_write, ForwardBatch, ShardRuntime};
@@ -385,6 +386,7 @@ async fn serve_frame(conn: &Rc<Conn>, header: &FrameHeader, body: &[u8]) {
     let mut outgoing: Vec<Outgoing> = Vec::new();
     let mut stats_at = None;
     let mut promote_at = None;
+    let mut history_ops = Vec::new();
     let mut wrote = false;
     let mut mode = shard.repl.settings.ack_mode;
     let mut client = conn.client.borrow().clone();
@@ -410,6 +412,11 @@ async fn serve_frame(conn: &Rc<Conn>, header: &FrameHeader, body: &[u8]) {
             }
             Ok(Request::Promote { force, wait_ms }) => {
                 promote_at = Some((index as u16, force, wait_ms));
+                Item::Remote { opcode }
+            }
+            Ok(op) if op.is_history() => {
+                // Answered by a task of its own (`history`); the slot is filled when it is done.
+                history_ops.push((index as u16, HistoryOp::of(&op).expect("a history op")));
                 Item::Remote { opcode }
             }
             Ok(op) => match shard
@@ -461,7 +468,8 @@ async fn serve_frame(conn: &Rc<Conn>, header: &FrameHeader, body: &[u8]) {
     let lsn_needed = if wrote { shard.engine.borrow().lsn() } else { 0 };
     let pending = outgoing.iter().map(|o| o.indices.len() as u32).sum::<u32>()
         + u32::from(stats_at.is_some() && shard.node.shards > 1)
-        + u32::from(promote_at.is_some());
+        + u32::from(promote_at.is_some())
+        + history_ops.len() as u32;
     let frame = Rc::new(RefCell::new(FrameState {
         request_id: header.request_id,
         refused: None,
@@ -475,6 +483,15 @@ async fn serve_frame(conn: &Rc<Conn>, header: &FrameHeader, body: &[u8]) {
     if pending == 0 {
         conn.wake.signal(1);
         return;
+    }
+    for (index, op) in history_ops {
+        let (shard, frame, wake) = (shard.clone(), frame.clone(), conn.wake.clone());
+        glommio::spawn_local(async move {
+            let outcome = crate::history::answer(&shard, op).await;
+            frame.borrow_mut().fill_remote(&[index], vec![outcome]);
+            wake.signal(1);
+        })
+        .detach();
     }
     let client = conn.client.borrow().clone();
     for batch in outgoing {

@@ -11,6 +11,8 @@
 pub mod config;
 pub mod connection;
 pub mod durability;
+pub mod events;
+pub mod history;
 pub mod limits;
 pub mod log;
 pub mod mesh;
@@ -19,6 +21,7 @@ pub mod recovery;
 pub mod replication;
 pub mod shard;
 pub mod system;
+pub mod windows;
 
 pub use config::Config;
 pub use node::Node;

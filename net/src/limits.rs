@@ -38,3 +38,32 @@ pub const SNAPSHOT_POLL_MS: u64 = 250;
 
 /// How long a snapshot waits for other shards' logs it depends on before it is skipped.
 pub const SNAPSHOT_DEPS_WAIT_MS: u64 = 5_000;
+
+/// How often a shard hands its closed window seconds to its window writer. The engine closes a
+/// second at the tick after it ends; once a second keeps the writer's buffer to about a second
+/// behind without waking the shard more often than the tick does.
+pub const WINDOW_DRAIN_MS: u64 = 1_000;
+
+/// Drains a shard may have queued for its window writer (one per `WINDOW_DRAIN_MS`). A writer that
+/// falls this far behind (16 minutes) stops the drain: the closed seconds stay in the engine, whose
+/// own cap (`WINDOW_UNDURABLE_SECS_MAX`) then bounds memory and counts what it drops.
+pub const WINDOW_DRAINS_QUEUED_MAX: usize = 960;
+
+/// How long a window writer waits for a drain before it looks at compaction anyway.
+pub const WINDOW_WRITER_POLL_MS: u64 = 1_000;
+
+/// Extra time, past the longest fine tier, before minute files of an hour are merged into an hour
+/// file: by then every second in them has aged out of the fine tier, so the hour file holds minutes
+/// only and seconds are never written to disk twice.
+pub const WINDOW_COMPACT_SLACK_MS: u64 = 60_000;
+
+/// EVENTS scans a shard keeps between pages for its connections. Each holds at most one log
+/// segment per shard it reads (64 MiB by default, read in growing chunks, so usually far less);
+/// the least recently used is dropped beyond this, and its next page rebuilds it from the cursor.
+pub const EVENTS_SCANS_MAX: usize = 4;
+
+/// How long an EVENTS scan is kept without a page asked for.
+pub const EVENTS_SCAN_IDLE_MS: u64 = 60_000;
+
+/// The first read of a log segment by an EVENTS scan; each further read doubles what was read.
+pub const EVENTS_READ_CHUNK_BYTES: u64 = 1 << 20;

@@ -33,6 +33,7 @@ use tally_replicate::{Replica, StreamPosition};
 use crate::config::Config;
 use crate::connection::{self, now_ms};
 use crate::durability::LogFault;
+use crate::history::HistoryStart;
 use crate::limits::{
     CROSS_SHARD_QUEUE_DEPTH, SHUTDOWN_DRAIN_MS_MAX, SHUTDOWN_POLL_MS, SNAPSHOT_DEPS_WAIT_MS, SNAPSHOT_POLL_MS,
     WAL_MAINTAIN_MS,
@@ -217,10 +218,7 @@ impl EngineSettings {
         config.hot = self.hot.clone();
         config.namespaces = self.namespaces.clone();
         config.dedup_window_ms = self.dedup_window_ms;
-        // The engine's time-window store is off in the node until the node writes its sealed
-        // seconds to disk and serves WINDOW/SERIES (issue 6): kept on, it would only cost memory
-        // (up to its 15-minute cap) and a per-second compaction on the shard.
-        config.windows.enabled = false;
+        // Time windows are on with the engine's default tiers; `history` drains them to disk.
         config
     }
 }
@@ -229,6 +227,8 @@ impl EngineSettings {
 pub struct Node {
     shared: Arc<NodeShared>,
     handles: Vec<ExecutorJoinHandle<()>>,
+    /// Each shard's window writer thread; ends once its shard has stopped.
+    window_writers: Vec<crate::windows::Writer>,
     pub listen: SocketAddr,
     pub unix_socket: Option<PathBuf>,
     pub shard_ports: Vec<u16>,
@@ -350,9 +350,18 @@ impl Node {
             promote: Mutex::new(PromoteJob::default()),
         });
         let splits = Arc::new(SplitRegistry::new(shards));
-        let configs = (0..shards).map(|shard| settings.shard_config(shard, shards)).collect();
+        let configs: Vec<ShardConfig> = (0..shards).map(|shard| settings.shard_config(shard, shards)).collect();
+        let windows = crate::windows::recover_node(&data_dir, &configs, &shared)?;
         let ship_log_bytes = usize::try_from(config.ship_log_kib.saturating_mul(1024)).unwrap_or(usize::MAX);
-        let mut recovered = recover_node(&data_dir, configs, &splits, replicating.then_some(ship_log_bytes))?;
+        let mut recovered = recover_node(
+            &data_dir,
+            configs,
+            &splits,
+            &windows.durable_ms,
+            replicating.then_some(ship_log_bytes),
+        )?;
+        let (asks_mesh, answers_mesh) = HistoryStart::meshes(shards);
+        let mut window_links = windows.links.into_iter();
         let repl_settings = ReplSettings {
             node_id: node_state.as_ref().map_or(0, |s| s.node_id),
             addr: listen.to_string(),
@@ -419,6 +428,14 @@ impl Node {
                 settings: settings.clone(),
                 request_mesh: request_mesh.clone(),
                 reply_mesh: reply_mesh.clone(),
+                history: HistoryStart {
+                    asks: asks_mesh.clone(),
+                    answers: answers_mesh.clone(),
+                    files: windows.files.clone(),
+                    dirs: windows.dirs.clone(),
+                    writer: window_links.next(),
+                    retention_ms: settings.retention_ms,
+                },
                 ready: ready_tx.clone(),
                 repl: repl_settings.clone(),
                 splits: splits.clone(),
@@ -447,6 +464,7 @@ impl Node {
             shard_ports: shared.shard_ports.iter().map(|p| p.load(Ordering::Acquire)).collect(),
             shared,
             handles,
+            window_writers: windows.writers,
             listen,
             unix_socket: config.unix_socket.clone(),
             cpus,
@@ -473,6 +491,9 @@ impl Node {
             if let Err(error) = handle.join() {
                 log!(Level::Error, "shard executor failed: {error}");
             }
+        }
+        for writer in self.window_writers {
+            writer.stop();
         }
         if let Some(path) = &self.unix_socket {
             let _ = std::fs::remove_file(path);
@@ -626,6 +647,7 @@ struct ShardStart {
     settings: EngineSettings,
     request_mesh: MeshBuilder<ShardRequest, glommio::channels::channel_mesh::Full>,
     reply_mesh: MeshBuilder<ShardReply, glommio::channels::channel_mesh::Full>,
+    history: HistoryStart,
     ready: mpsc::Sender<Result<u16, String>>,
     repl: ReplSettings,
     splits: Arc<SplitRegistry>,
@@ -643,6 +665,7 @@ async fn run_shard(start: ShardStart) {
         settings,
         request_mesh,
         reply_mesh,
+        history,
         ready,
         repl,
         splits,
@@ -662,6 +685,10 @@ async fn run_shard(start: ShardStart) {
     else {
         return fail(format!("shard {shard}: could not join the cross-shard mesh"));
     };
+    let (mut history, history_tasks) = match history.join(shard, request_tx.peer_id()).await {
+        Ok(joined) => joined,
+        Err(e) => return fail(e),
+    };
     shared.peer_of[shard as usize].store(request_tx.peer_id(), Ordering::Release);
     assert_eq!(
         request_tx.peer_id(),
@@ -672,7 +699,8 @@ async fn run_shard(start: ShardStart) {
     if !barrier(&shared, &shared.joined).await {
         return fail(format!("shard {shard}: another shard failed to start"));
     }
-    let peer_of = shared.peer_of.iter().map(|p| p.load(Ordering::Acquire)).collect();
+    let peer_of: Vec<usize> = shared.peer_of.iter().map(|p| p.load(Ordering::Acquire)).collect();
+    history.set_peers(peer_of.clone());
 
     let RecoveredShard {
         engine,
@@ -748,6 +776,7 @@ async fn run_shard(start: ShardStart) {
         reply_tx,
         peer_of,
         wal,
+        history,
         repl,
     ));
     if runtime.repl.primary.is_some() {
@@ -763,6 +792,7 @@ async fn run_shard(start: ShardStart) {
     let snapshot_task = glommio::spawn_local(snapshot_loop(runtime.clone(), settings.clone()));
     spawn_request_receivers(&runtime, request_rx);
     spawn_reply_receivers(&runtime, reply_rx);
+    crate::history::spawn_tasks(&runtime, history_tasks);
     spawn_links(&runtime);
     glommio::spawn_local(crate::replication::primary::ticker(runtime.clone())).detach();
     if runtime.repl.replica.is_some() {
@@ -843,23 +873,43 @@ async fn tick_until_shutdown(runtime: &Rc<ShardRuntime>, hot: &HotConfig) {
             commit_poked = Instant::now();
         }
         if runtime.repl.replica.is_some() {
-            // A replica's state changes only through its primary's stream.
+            // A replica's state changes only through its primary's stream: its ticks (time
+            // windows, dedup expiry) must log nothing. They cannot, with splitting off on
+            // replicated nodes; a tick that did would break the stream, so it is checked.
             poll_promotion(runtime, &mut promotions_seen);
+            if Instant::now() >= next_tick {
+                let lsn_before = runtime.engine.borrow().lsn();
+                runtime
+                    .engine
+                    .borrow_mut()
+                    .tick(runtime.clock_ms(), &mut tally_engine::log::NullLog);
+                assert_eq!(
+                    runtime.engine.borrow().lsn(),
+                    lsn_before,
+                    "a replica's tick logged a record"
+                );
+                next_tick += Duration::from_millis(hot.tick_ms);
+            }
             continue;
         }
         if Instant::now() >= next_tick {
             // Splits and merges are logged; skip a tick while the open batch is full or the log failed.
+            let now = runtime.clock_ms();
             if runtime.wal.room_for(TICK_LOG_BYTES_MAX) == Room::Ready
                 && runtime.durable.fault().is_none()
                 && !runtime.wal.is_poisoned()
+                && !runtime.batch_second_changed(now)
             {
                 let lsn_before = runtime.engine.borrow().lsn();
-                runtime.with_sink(|sink| runtime.engine.borrow_mut().tick(now_ms(), sink));
+                runtime.with_sink(|sink| runtime.engine.borrow_mut().tick(now, sink));
                 if runtime.engine.borrow().lsn() != lsn_before {
+                    if runtime.batch_time_ms.get().is_none() {
+                        runtime.batch_time_ms.set(Some(now));
+                    }
                     runtime.commit_wake.signal(1);
                 }
             } else {
-                // Seal the open batch so that the next tick finds room.
+                // Seal the open batch so that the next tick finds room (or a batch of this second).
                 runtime.commit_wake.signal(1);
             }
             next_tick += Duration::from_millis(hot.tick_ms);
@@ -1009,21 +1059,20 @@ async fn commit_loop(runtime: Rc<ShardRuntime>) {
         if pending && runtime.durable.fault().is_none() {
             let records = runtime.wal.lsn_appended() - runtime.durable.lsn_durable();
             let started = Instant::now();
-            // A replica's batches carry its primary's time; a primary ships what it seals now,
-            // before its own fsync (the replicas' fsyncs run beside it).
-            let time_ms = runtime
-                .repl
-                .replica
-                .as_ref()
-                .and_then(|side| side.batch_time_ms.get())
-                .unwrap_or_else(now_ms);
+            // The batch carries its first record's apply time (on a replica, its primary's time).
+            // Taking it and sealing happen in one step (commit_batch seals before its first
+            // await), and ops waiting for the seal (`apply_logged`) run only once this task
+            // awaits the write. A primary ships what it seals now, before its own fsync (the
+            // replicas' fsyncs run beside it).
+            let batch_time_ms = runtime.batch_time_ms.take().unwrap_or_else(|| runtime.clock_ms());
             if runtime.repl.tees() {
-                let sealed = runtime.repl.ship_log.borrow_mut().seal(time_ms);
+                let sealed = runtime.repl.ship_log.borrow_mut().seal(batch_time_ms);
                 if let (Some(lsn), Some(primary)) = (sealed, &runtime.repl.primary) {
                     primary.sealed(lsn, runtime.repl.ship_log.borrow().retained_first());
                 }
             }
-            match runtime.wal.commit_batch(time_ms).await {
+            runtime.durable.notify();
+            match runtime.wal.commit_batch(batch_time_ms).await {
                 // Maintenance failed while this commit was in flight: the shard acks nothing more.
                 Ok(_) if runtime.durable.fault().is_some() => {}
                 Ok(lsn) => {

@@ -40,10 +40,13 @@ pub fn shard_dir(data_dir: &Path, shard: u16) -> PathBuf {
 }
 
 /// Recovers every shard of a node. `configs[i]` is shard i's engine configuration.
+/// `windows_durable_ms[i]`: shard i's window files are complete up to there (set in the engine
+/// before its log is replayed, so those seconds are not handed out for disk again).
 pub fn recover_node(
     data_dir: &Path,
     configs: Vec<ShardConfig>,
     splits: &Arc<SplitRegistry>,
+    windows_durable_ms: &[u64],
     ship_log_bytes: Option<usize>,
 ) -> Result<Vec<RecoveredShard>, String> {
     let started = Instant::now();
@@ -55,7 +58,8 @@ pub fn recover_node(
             .into_iter()
             .map(|config| {
                 let splits = splits.clone();
-                scope.spawn(move || recover_shard(data_dir, config, &splits, ship_log_bytes))
+                let durable = windows_durable_ms.get(config.shard as usize).copied().unwrap_or(0);
+                scope.spawn(move || recover_shard(data_dir, config, &splits, durable, ship_log_bytes))
             })
             .collect();
         handles
@@ -130,6 +134,7 @@ fn recover_shard(
     data_dir: &Path,
     config: ShardConfig,
     splits: &Arc<SplitRegistry>,
+    windows_durable_ms: u64,
     ship_log_bytes: Option<usize>,
 ) -> Result<(Shard, Recovered, PathBuf, Option<ShipLog>), String> {
     let shard = config.shard;
@@ -151,6 +156,10 @@ fn recover_shard(
                     Err(e) => state.1 = Some(format!("snapshot {} of shard {shard}: {e}", snapshot.file)),
                 },
                 None => state.0 = Some(Shard::new(config.clone(), splits.clone())),
+            }
+            // Before replay: seconds already in window files are not handed out again.
+            if let Some(engine) = state.0.as_mut() {
+                engine.windows_set_durable(windows_durable_ms);
             }
             if let Some(bytes_max) = ship_log_bytes {
                 let lsn_next = snapshot.map_or(0, |s| s.lsn) + 1;

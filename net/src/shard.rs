@@ -15,7 +15,9 @@ use tally_engine::{Applied, Ctx, Failure, Outcome, Shard};
 use tally_proto::{shard_of, DecodeError, ErrorCode, Reply, Request, RequestOps};
 use tally_wal::{DmaStorage, Room, Wal};
 
+use crate::connection::now_ms;
 use crate::durability::DurableWatch;
+use crate::history::ShardHistory;
 use crate::replication::ShardRepl;
 
 use crate::connection::{FrameState, Item};
@@ -81,6 +83,15 @@ pub struct ShardRuntime {
     pub maintain_wake: Semaphore,
     /// Set once every connection of this shard has been answered during shutdown.
     pub connections_drained: Cell<bool>,
+    /// The shard's clock (ms since the Unix epoch): the wall clock, never going backwards. Every
+    /// op, tick and query of this shard is timed by it.
+    clock: Cell<u64>,
+    /// The apply time of the first record in the log's open batch, `None` while it is empty. A
+    /// batch holds records of one apply second only, and carries this time (`commit_loop`), so
+    /// replay puts every increment in the second it was applied in.
+    pub batch_time_ms: Cell<Option<u64>>,
+    /// WINDOW, SERIES, AUDIT and EVENTS (`history`).
+    pub history: ShardHistory,
     /// Replication: role, ship log, links to replicas or the stream from the primary.
     pub repl: ShardRepl,
 }
@@ -99,6 +110,7 @@ impl tally_engine::log::LogSink for Tee<'_> {
 }
 
 impl ShardRuntime {
+    // Each argument is a distinct part the executor built; a builder would only rename them.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: u16,
@@ -108,6 +120,7 @@ impl ShardRuntime {
         replies: Senders<ShardReply>,
         peer_of: Vec<usize>,
         wal: Wal<DmaStorage>,
+        history: ShardHistory,
         repl: ShardRepl,
     ) -> ShardRuntime {
         assert_eq!(peer_of.len(), node.shards as usize);
@@ -128,6 +141,9 @@ impl ShardRuntime {
             commit_wake: Semaphore::new(0),
             maintain_wake: Semaphore::new(0),
             connections_drained: Cell::new(false),
+            clock: Cell::new(0),
+            batch_time_ms: Cell::new(None),
+            history,
             repl,
         }
     }
@@ -166,6 +182,25 @@ impl ShardRuntime {
             )),
             Err(fault) => Err(fault.failure()),
         }
+    }
+
+    /// The shard's clock now (see `clock`).
+    pub fn clock_ms(&self) -> u64 {
+        self.clock_at(now_ms())
+    }
+
+    /// `time_ms` (an op's time, perhaps another shard's), raised to the shard's clock, which
+    /// moves up to it: time never goes backwards on a shard.
+    pub fn clock_at(&self, time_ms: u64) -> u64 {
+        let now = time_ms.max(self.clock.get());
+        self.clock.set(now);
+        now
+    }
+
+    /// Whether records applied at `now_ms` must wait for the open batch to be sealed first: it
+    /// holds records of another second.
+    pub fn batch_second_changed(&self, now_ms: u64) -> bool {
+        self.batch_time_ms.get().is_some_and(|t| t / 1_000 != now_ms / 1_000)
     }
 
     fn take_id(&self) -> u64 {
@@ -305,6 +340,7 @@ impl ShardRuntime {
     /// another shard's name goes there instead, whose log may be fine. While the open batch is
     /// full, waits for the commit loop to write it.
     pub async fn apply_logged(&self, op: &Request<'_>, ctx: &Ctx<'_>) -> Applied {
+        let mut now_ms = self.clock_at(ctx.now_ms);
         if is_write(op) {
             if let Some(why) = self.repl.refuses_writes() {
                 return self.refuse_write(op, ErrorCode::NotPrimary, &why);
@@ -318,12 +354,13 @@ impl ShardRuntime {
                     );
                 }
                 match self.wal.room() {
-                    Room::Ready => break,
+                    Room::Ready => {}
                     // The next segment is not ready yet but the disk was not found full: it is
                     // being prepared (a few ms); wait for it rather than refuse.
                     Room::DiskFull if !self.wal.is_disk_full() => {
                         self.maintain_wake.signal(1);
                         self.durable.changed().await;
+                        continue;
                     }
                     Room::DiskFull => {
                         return self.refuse_write(
@@ -335,14 +372,31 @@ impl ShardRuntime {
                     _ => {
                         self.commit_wake.signal(1);
                         self.durable.changed().await;
+                        continue;
                     }
                 }
+                // The open batch is of an earlier second: have it sealed (the commit loop wakes
+                // waiters once it has), then apply in a batch of this second.
+                if self.batch_second_changed(now_ms) {
+                    self.commit_wake.signal(1);
+                    self.durable.changed().await;
+                    now_ms = self.clock_at(now_ms);
+                    continue;
+                }
+                break;
             }
         }
+        let ctx = Ctx {
+            now_ms,
+            client: ctx.client,
+        };
         let mut engine = self.engine.borrow_mut();
         let lsn_before = engine.lsn();
-        let applied = self.with_sink(|sink| engine.apply(op, ctx, sink));
+        let applied = self.with_sink(|sink| engine.apply(op, &ctx, sink));
         if engine.lsn() != lsn_before {
+            if self.batch_time_ms.get().is_none() {
+                self.batch_time_ms.set(Some(now_ms));
+            }
             self.commit_wake.signal(1);
         }
         applied

@@ -60,11 +60,23 @@ pub enum ErrorCode {
     /// replicas acknowledged. The write is durable on this node and may still replicate: its
     /// outcome is unknown; retry with the same idempotency key.
     ReplicasUnavailable = 25,
+    /// A time range whose start is after its end (SERIES, AUDIT, EVENTS).
+    RangeReversed = 26,
+    /// A SERIES step (or WINDOW unit) finer than the buckets kept at the age of the range's start
+    /// (e.g. 1-second steps older than the fine tier's hour).
+    StepTooFine = 27,
+    /// The range reaches further back than what is kept (window retention for WINDOW and SERIES,
+    /// the log's retention for EVENTS).
+    BeyondRetention = 28,
+    /// A SERIES of more than `SERIES_POINTS_MAX` points.
+    TooManyPoints = 29,
+    /// Time windows are turned off on this node.
+    WindowsDisabled = 30,
 }
 
 impl ErrorCode {
     /// Every code, in number order. Tests use it to check that numbers stay unique and stable.
-    pub const ALL: [ErrorCode; 25] = [
+    pub const ALL: [ErrorCode; 30] = [
         ErrorCode::BadFrame,
         ErrorCode::FrameTooLarge,
         ErrorCode::TooManyOps,
@@ -90,6 +102,11 @@ impl ErrorCode {
         ErrorCode::NotPrimary,
         ErrorCode::Internal,
         ErrorCode::ReplicasUnavailable,
+        ErrorCode::RangeReversed,
+        ErrorCode::StepTooFine,
+        ErrorCode::BeyondRetention,
+        ErrorCode::TooManyPoints,
+        ErrorCode::WindowsDisabled,
     ];
 
     pub fn from_u16(code: u16) -> Option<ErrorCode> {
@@ -124,6 +141,11 @@ impl ErrorCode {
             ErrorCode::NotPrimary => "not_primary",
             ErrorCode::Internal => "internal",
             ErrorCode::ReplicasUnavailable => "replicas_unavailable",
+            ErrorCode::RangeReversed => "range_reversed",
+            ErrorCode::StepTooFine => "step_too_fine",
+            ErrorCode::BeyondRetention => "beyond_retention",
+            ErrorCode::TooManyPoints => "too_many_points",
+            ErrorCode::WindowsDisabled => "windows_disabled",
         }
     }
 }
@@ -161,7 +183,7 @@ mod tests {
 
     /// The wire numbers and names, written out by hand. A reordered, renumbered or renamed code
     /// fails here: clients in the field branch on these numbers.
-    const EXPECTED: [(ErrorCode, u16, &str); 25] = [
+    const EXPECTED: [(ErrorCode, u16, &str); 30] = [
         (ErrorCode::BadFrame, 1, "bad_frame"),
         (ErrorCode::FrameTooLarge, 2, "frame_too_large"),
         (ErrorCode::TooManyOps, 3, "too_many_ops"),
@@ -187,6 +209,11 @@ mod tests {
         (ErrorCode::NotPrimary, 23, "not_primary"),
         (ErrorCode::Internal, 24, "internal"),
         (ErrorCode::ReplicasUnavailable, 25, "replicas_unavailable"),
+        (ErrorCode::RangeReversed, 26, "range_reversed"),
+        (ErrorCode::StepTooFine, 27, "step_too_fine"),
+        (ErrorCode::BeyondRetention, 28, "beyond_retention"),
+        (ErrorCode::TooManyPoints, 29, "too_many_points"),
+        (ErrorCode::WindowsDisabled, 30, "windows_disabled"),
     ];
 
     #[test]
@@ -203,7 +230,9 @@ mod tests {
         assert_eq!(ErrorCode::ALL.len(), EXPECTED.len());
         for (i, code) in ErrorCode::ALL.iter().enumerate() {
             assert_eq!(*code, EXPECTED[i].0);
-            assert_eq!(*code as u16, i as u16 + 1, "numbers are dense from 1 in ALL");
+        }
+        for pair in ErrorCode::ALL.windows(2) {
+            assert!((pair[0] as u16) < (pair[1] as u16), "ALL is in number order");
         }
         let mut names: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.name()).collect();
         names.sort_unstable();
@@ -218,7 +247,7 @@ mod tests {
             None,
             "0 is the success status, never an error code"
         );
-        assert_eq!(ErrorCode::from_u16(26), None);
+        assert_eq!(ErrorCode::from_u16(31), None);
         assert_eq!(ErrorCode::from_u16(u16::MAX), None);
     }
 

@@ -9,6 +9,7 @@
 mod cursor;
 pub mod error;
 pub mod frame;
+pub mod history;
 pub mod limits;
 pub mod reply;
 pub mod request;
@@ -17,6 +18,7 @@ pub mod varint;
 
 pub use error::{DecodeError, ErrorCode};
 pub use frame::{FrameBuilder, FrameHeader, FrameKind, HeaderCheck, PROTOCOL_VERSION};
+pub use history::{AuditRecord, Event, EventKind, SeriesStep, WindowUnit};
 pub use reply::{decode_reply_op, encode_error_reply, HelloReply, OpError, Reply, ReplyOp, StatsReply};
 pub use request::{check_name, CounterKind, Opcode, Request, RequestOps, Token};
 pub use routing::{name_hash, shard_of};

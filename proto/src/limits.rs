@@ -55,3 +55,37 @@ pub const REPLY_OP_HEADER_BYTES: usize = 5;
 const _: () = assert!(FRAME_BYTES_MAX as usize >= OPS_PER_FRAME_MAX as usize * 64);
 const _: () = assert!(NAME_BYTES_MAX <= u8::MAX as usize);
 const _: () = assert!(REASON_BYTES_MAX + NAME_BYTES_MAX + 64 <= OP_PAYLOAD_BYTES_MAX);
+
+/// Most points in one SERIES reply. Points are i64s in a reply payload of at most
+/// `OP_PAYLOAD_BYTES_MAX` bytes; 7 200 (57.6 KB) is a round span at every step (2 hours of
+/// seconds, 5 days of minutes, 300 days of hours), and a longer series is asked for in several
+/// requests (the SDK does this for its callers).
+pub const SERIES_POINTS_MAX: u64 = 7_200;
+
+/// Most reset records in one AUDIT reply. A record with a maximal name, reason and client name is
+/// 1 572 bytes, so 38 of them and the largest cursor fill a reply payload; the reply's cursor asks
+/// for the rest.
+pub const AUDIT_RECORDS_PER_REPLY_MAX: u16 = 38;
+
+/// Most increments in one EVENTS page. An event is at most 43 bytes (time, shard, lsn, delta,
+/// kind, key): 1 024 of them (44 KB) plus the largest cursor fit a reply payload, and a page is
+/// large enough that the round trip per page costs little next to scanning the log.
+pub const EVENTS_PER_PAGE_MAX: u16 = 1_024;
+
+/// Longest continuation cursor of AUDIT and EVENTS, in bytes. An EVENTS cursor holds a scan id
+/// and (shard, next lsn) per shard: 9 + 10 × `SHARDS_MAX` = 2 569 bytes at most.
+pub const CURSOR_BYTES_MAX: usize = 4_096;
+
+/// Largest encoded AUDIT record (see `AUDIT_RECORDS_PER_REPLY_MAX`).
+pub const AUDIT_RECORD_BYTES_MAX: usize = 8 + 2 + 8 + 1 + NAME_BYTES_MAX + 8 + 8 + 2 + REASON_BYTES_MAX + 1 + 255;
+
+/// Largest encoded EVENTS event: time u64, shard u16, lsn u64, delta i64, kind u8, key u128.
+pub const EVENT_BYTES_MAX: usize = 8 + 2 + 8 + 8 + 1 + 16;
+
+const _: () = assert!(8 + 8 + 2 + 8 * SERIES_POINTS_MAX as usize <= OP_PAYLOAD_BYTES_MAX);
+const _: () = assert!(
+    2 + AUDIT_RECORD_BYTES_MAX * AUDIT_RECORDS_PER_REPLY_MAX as usize + 2 + CURSOR_BYTES_MAX <= OP_PAYLOAD_BYTES_MAX
+);
+const _: () =
+    assert!(2 + EVENT_BYTES_MAX * EVENTS_PER_PAGE_MAX as usize + 2 + CURSOR_BYTES_MAX <= OP_PAYLOAD_BYTES_MAX);
+const _: () = assert!(9 + 10 * SHARDS_MAX as usize <= CURSOR_BYTES_MAX);

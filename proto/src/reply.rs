@@ -8,6 +8,8 @@ use bytes::{BufMut, BytesMut};
 use crate::cursor::Cursor;
 use crate::error::{DecodeError, ErrorCode};
 use crate::frame::truncate_message;
+use crate::history::{AuditRecord, Event};
+use crate::limits::{AUDIT_RECORDS_PER_REPLY_MAX, CURSOR_BYTES_MAX, EVENTS_PER_PAGE_MAX, SERIES_POINTS_MAX};
 use crate::request::{Opcode, Token};
 
 /// Reply flag: the counter is split across shards (hot). Shard-aware clients may spread unkeyed
@@ -93,6 +95,28 @@ pub enum Reply {
         token: Token,
     },
     Stats(StatsReply),
+    /// The window's sum and the aligned range it covers, [from_ms, to_ms).
+    Window {
+        value: i64,
+        from_ms: u64,
+        to_ms: u64,
+    },
+    /// One sum per step from `from_ms` (aligned to the step).
+    Series {
+        from_ms: u64,
+        step_ms: u64,
+        points: Vec<i64>,
+    },
+    /// RESET records, oldest first; `cursor` asks for the rest (empty: there is no more).
+    Audit {
+        records: Vec<AuditRecord>,
+        cursor: Vec<u8>,
+    },
+    /// Logged increments in time order; `cursor` asks for the next page (empty: the range is done).
+    Events {
+        events: Vec<Event>,
+        cursor: Vec<u8>,
+    },
     /// This node is primary from `epoch` on.
     Promote {
         epoch: u64,
@@ -117,6 +141,10 @@ impl Reply {
             Reply::AddBounded { .. } => Opcode::AddBounded,
             Reply::Reset { .. } => Opcode::Reset,
             Reply::Stats(_) => Opcode::Stats,
+            Reply::Window { .. } => Opcode::Window,
+            Reply::Series { .. } => Opcode::Series,
+            Reply::Audit { .. } => Opcode::Audit,
+            Reply::Events { .. } => Opcode::Events,
             Reply::Promote { .. } => Opcode::Promote,
         }
     }
@@ -196,6 +224,47 @@ impl Reply {
                     split += 1;
                 }
                 buf[split_count_at..split_count_at + 2].copy_from_slice(&split.to_le_bytes());
+            }
+            Reply::Window { value, from_ms, to_ms } => {
+                buf.put_i64_le(*value);
+                buf.put_u64_le(*from_ms);
+                buf.put_u64_le(*to_ms);
+            }
+            Reply::Series {
+                from_ms,
+                step_ms,
+                points,
+            } => {
+                assert!(
+                    points.len() as u64 <= SERIES_POINTS_MAX,
+                    "the server never builds a longer series"
+                );
+                buf.put_u64_le(*from_ms);
+                buf.put_u64_le(*step_ms);
+                buf.put_u16_le(points.len() as u16);
+                for point in points {
+                    buf.put_i64_le(*point);
+                }
+            }
+            Reply::Audit { records, cursor } => {
+                assert!(records.len() <= AUDIT_RECORDS_PER_REPLY_MAX as usize);
+                assert!(cursor.len() <= CURSOR_BYTES_MAX);
+                buf.put_u16_le(records.len() as u16);
+                for record in records {
+                    record.encode(buf);
+                }
+                buf.put_u16_le(cursor.len() as u16);
+                buf.put_slice(cursor);
+            }
+            Reply::Events { events, cursor } => {
+                assert!(events.len() <= EVENTS_PER_PAGE_MAX as usize);
+                assert!(cursor.len() <= CURSOR_BYTES_MAX);
+                buf.put_u16_le(events.len() as u16);
+                for event in events {
+                    event.encode(buf);
+                }
+                buf.put_u16_le(cursor.len() as u16);
+                buf.put_slice(cursor);
             }
             Reply::Promote { epoch } => buf.put_u64_le(*epoch),
         }
@@ -289,6 +358,47 @@ impl Reply {
                     split.push(c.str8()?.to_vec());
                 }
                 Reply::Stats(StatsReply { figures, split })
+            }
+            Opcode::Window => Reply::Window {
+                value: c.i64()?,
+                from_ms: c.u64()?,
+                to_ms: c.u64()?,
+            },
+            Opcode::Series => {
+                let from_ms = c.u64()?;
+                let step_ms = c.u64()?;
+                let count = c.u16()?;
+                let mut points = Vec::with_capacity(count.min(SERIES_POINTS_MAX as u16) as usize);
+                for _ in 0..count {
+                    points.push(c.i64()?);
+                }
+                Reply::Series {
+                    from_ms,
+                    step_ms,
+                    points,
+                }
+            }
+            Opcode::Audit => {
+                let count = c.u16()?;
+                let mut records = Vec::with_capacity(count.min(AUDIT_RECORDS_PER_REPLY_MAX) as usize);
+                for _ in 0..count {
+                    records.push(AuditRecord::decode(&mut c)?);
+                }
+                Reply::Audit {
+                    records,
+                    cursor: c.str16()?.to_vec(),
+                }
+            }
+            Opcode::Events => {
+                let count = c.u16()?;
+                let mut events = Vec::with_capacity(count.min(EVENTS_PER_PAGE_MAX) as usize);
+                for _ in 0..count {
+                    events.push(Event::decode(&mut c)?);
+                }
+                Reply::Events {
+                    events,
+                    cursor: c.str16()?.to_vec(),
+                }
             }
             Opcode::Promote => Reply::Promote { epoch: c.u64()? },
         };

@@ -6,7 +6,11 @@ use bytes::{BufMut, BytesMut};
 
 use crate::cursor::Cursor;
 use crate::error::{DecodeError, ErrorCode};
-use crate::limits::{NAME_BYTES_MAX, OP_PAYLOAD_BYTES_MAX, REASON_BYTES_MAX, REQUEST_OP_HEADER_BYTES};
+use crate::history::{SeriesStep, WindowUnit};
+use crate::limits::{
+    CURSOR_BYTES_MAX, NAME_BYTES_MAX, OP_PAYLOAD_BYTES_MAX, REASON_BYTES_MAX, REQUEST_OP_HEADER_BYTES,
+    SERIES_POINTS_MAX,
+};
 
 /// Opcodes. Numbers never change; a new op gets a new number.
 #[repr(u8)]
@@ -20,6 +24,10 @@ pub enum Opcode {
     AddBounded = 0x06,
     Reset = 0x07,
     Stats = 0x08,
+    Window = 0x09,
+    Series = 0x0A,
+    Audit = 0x0B,
+    Events = 0x0C,
     /// Admin: make this replica the primary (replication; docs/replication.md).
     Promote = 0x10,
 }
@@ -35,6 +43,10 @@ impl Opcode {
             0x06 => Opcode::AddBounded,
             0x07 => Opcode::Reset,
             0x08 => Opcode::Stats,
+            0x09 => Opcode::Window,
+            0x0A => Opcode::Series,
+            0x0B => Opcode::Audit,
+            0x0C => Opcode::Events,
             0x10 => Opcode::Promote,
             _ => return None,
         })
@@ -114,6 +126,38 @@ pub enum Request<'a> {
     },
     /// Per-shard statistics.
     Stats,
+    /// The sum of `name`'s increments over the last `last` units, the current one included.
+    Window {
+        name: &'a [u8],
+        last: u32,
+        unit: WindowUnit,
+    },
+    /// `name`'s increments summed per `step` from `from_ms` (rounded down to the step) to `to_ms`
+    /// (rounded up), ms since the Unix epoch.
+    Series {
+        name: &'a [u8],
+        from_ms: u64,
+        to_ms: u64,
+        step: SeriesStep,
+    },
+    /// RESET records in [from_ms, to_ms) of `name`, or of every counter when `name` is empty; at
+    /// most `limit` per reply, continued with the reply's `cursor` (empty for the first page).
+    Audit {
+        name: &'a [u8],
+        from_ms: u64,
+        to_ms: u64,
+        limit: u16,
+        cursor: &'a [u8],
+    },
+    /// The logged increments of `name` in [from_ms, to_ms), at most `limit` per page, continued
+    /// with the reply's `cursor` (empty for the first page).
+    Events {
+        name: &'a [u8],
+        from_ms: u64,
+        to_ms: u64,
+        limit: u16,
+        cursor: &'a [u8],
+    },
     /// Admin: promote this replica to primary under a higher epoch, after fencing its peers and
     /// collecting what they have that it lacks. `force`: go on without peers that do not answer
     /// within `wait_ms` (writes acknowledged only on them are lost).
@@ -148,6 +192,10 @@ impl<'a> Request<'a> {
             Request::AddBounded { .. } => Opcode::AddBounded,
             Request::Reset { .. } => Opcode::Reset,
             Request::Stats => Opcode::Stats,
+            Request::Window { .. } => Opcode::Window,
+            Request::Series { .. } => Opcode::Series,
+            Request::Audit { .. } => Opcode::Audit,
+            Request::Events { .. } => Opcode::Events,
             Request::Promote { .. } => Opcode::Promote,
         }
     }
@@ -160,9 +208,22 @@ impl<'a> Request<'a> {
             | Request::Create { name, .. }
             | Request::Cas { name, .. }
             | Request::AddBounded { name, .. }
-            | Request::Reset { name, .. } => Some(name),
-            Request::Hello { .. } | Request::Stats | Request::Promote { .. } => None,
+            | Request::Reset { name, .. }
+            | Request::Window { name, .. }
+            | Request::Series { name, .. }
+            | Request::Events { name, .. } => Some(name),
+            Request::Audit { name, .. } if !name.is_empty() => Some(name),
+            Request::Hello { .. } | Request::Stats | Request::Audit { .. } | Request::Promote { .. } => None,
         }
+    }
+
+    /// Whether this is a history op (WINDOW, SERIES, AUDIT, EVENTS): answered by the node from
+    /// the shards' time windows, audit rings and logs, never applied by an engine.
+    pub fn is_history(&self) -> bool {
+        matches!(
+            self,
+            Request::Window { .. } | Request::Series { .. } | Request::Audit { .. } | Request::Events { .. }
+        )
     }
 
     /// Appends `opcode | len | payload` to `buf`.
@@ -249,6 +310,42 @@ impl<'a> Request<'a> {
             Request::Promote { force, wait_ms } => {
                 buf.put_u8(if force { FLAG_FORCE } else { 0 });
                 buf.put_u32_le(wait_ms);
+            }
+            Request::Window { name, last, unit } => {
+                buf.put_u8(unit as u8);
+                buf.put_u32_le(last);
+                put_name(buf, name);
+            }
+            Request::Series {
+                name,
+                from_ms,
+                to_ms,
+                step,
+            } => {
+                buf.put_u8(step as u8);
+                buf.put_u64_le(from_ms);
+                buf.put_u64_le(to_ms);
+                put_name(buf, name);
+            }
+            Request::Audit {
+                name,
+                from_ms,
+                to_ms,
+                limit,
+                cursor,
+            }
+            | Request::Events {
+                name,
+                from_ms,
+                to_ms,
+                limit,
+                cursor,
+            } => {
+                buf.put_u64_le(from_ms);
+                buf.put_u64_le(to_ms);
+                buf.put_u16_le(limit);
+                put_name(buf, name);
+                put_name(buf, cursor);
             }
         }
         let len = buf.len() - start;
@@ -360,6 +457,90 @@ impl<'a> Request<'a> {
                     wait_ms: c.u32()?,
                 }
             }
+            Opcode::Window => {
+                let unit_byte = c.u8()?;
+                let unit = WindowUnit::from_u8(unit_byte).ok_or_else(|| {
+                    DecodeError::invalid(ErrorCode::InvalidArgument, format!("unknown window unit {unit_byte}"))
+                })?;
+                let last = c.u32()?;
+                if last == 0 {
+                    return Err(DecodeError::invalid(
+                        ErrorCode::InvalidArgument,
+                        "an empty window: `last` must be at least 1",
+                    ));
+                }
+                Request::Window {
+                    name: name(&mut c)?,
+                    last,
+                    unit,
+                }
+            }
+            Opcode::Series => {
+                let step_byte = c.u8()?;
+                let step = SeriesStep::from_u8(step_byte).ok_or_else(|| {
+                    DecodeError::invalid(ErrorCode::InvalidArgument, format!("unknown series step {step_byte}"))
+                })?;
+                let from_ms = c.u64()?;
+                let to_ms = c.u64()?;
+                let name = name(&mut c)?;
+                check_range(from_ms, to_ms)?;
+                let points = step.points(from_ms, to_ms);
+                if points > SERIES_POINTS_MAX {
+                    return Err(DecodeError::invalid(
+                        ErrorCode::TooManyPoints,
+                        format!("{points} points; at most SERIES_POINTS_MAX {SERIES_POINTS_MAX} per SERIES"),
+                    ));
+                }
+                Request::Series {
+                    name,
+                    from_ms,
+                    to_ms,
+                    step,
+                }
+            }
+            Opcode::Audit | Opcode::Events => {
+                let from_ms = c.u64()?;
+                let to_ms = c.u64()?;
+                let limit = c.u16()?;
+                let name = c.str16()?;
+                if op == Opcode::Events || !name.is_empty() {
+                    check_name(name)?;
+                }
+                let cursor = c.str16()?;
+                check_range(from_ms, to_ms)?;
+                if limit == 0 {
+                    return Err(DecodeError::invalid(
+                        ErrorCode::InvalidArgument,
+                        "limit must be at least 1",
+                    ));
+                }
+                if cursor.len() > CURSOR_BYTES_MAX {
+                    return Err(DecodeError::invalid(
+                        ErrorCode::InvalidArgument,
+                        format!(
+                            "cursor of {} bytes exceeds CURSOR_BYTES_MAX {CURSOR_BYTES_MAX}",
+                            cursor.len()
+                        ),
+                    ));
+                }
+                if op == Opcode::Audit {
+                    Request::Audit {
+                        name,
+                        from_ms,
+                        to_ms,
+                        limit,
+                        cursor,
+                    }
+                } else {
+                    Request::Events {
+                        name,
+                        from_ms,
+                        to_ms,
+                        limit,
+                        cursor,
+                    }
+                }
+            }
         };
         c.finish()?;
         Ok(request)
@@ -375,6 +556,16 @@ pub fn check_name(name: &[u8]) -> Result<(), DecodeError> {
         return Err(DecodeError::invalid(
             ErrorCode::NameTooLong,
             format!("name of {} bytes exceeds NAME_BYTES_MAX {NAME_BYTES_MAX}", name.len()),
+        ));
+    }
+    Ok(())
+}
+
+fn check_range(from_ms: u64, to_ms: u64) -> Result<(), DecodeError> {
+    if from_ms > to_ms {
+        return Err(DecodeError::invalid(
+            ErrorCode::RangeReversed,
+            format!("from {from_ms} is after to {to_ms}"),
         ));
     }
     Ok(())
@@ -570,13 +761,17 @@ mod tests {
             (Opcode::AddBounded, 0x06),
             (Opcode::Reset, 0x07),
             (Opcode::Stats, 0x08),
+            (Opcode::Window, 0x09),
+            (Opcode::Series, 0x0A),
+            (Opcode::Audit, 0x0B),
+            (Opcode::Events, 0x0C),
             (Opcode::Promote, 0x10),
         ];
         for (op, number) in expected {
             assert_eq!(op as u8, number, "{op:?}");
             assert_eq!(Opcode::from_u8(number), Some(op));
         }
-        for number in (0u8..=255).filter(|n| !(1..=8).contains(n) && *n != 0x10) {
+        for number in (0u8..=255).filter(|n| !(1..=0x0C).contains(n) && *n != 0x10) {
             assert_eq!(Opcode::from_u8(number), None, "0x{number:02x} is unassigned");
         }
         assert_eq!(CounterKind::Analytic as u8, 0);
@@ -837,7 +1032,7 @@ mod tests {
 
     #[test]
     fn unknown_opcodes() {
-        for opcode in [0x00, 0x09, 0x7f, 0xff] {
+        for opcode in [0x00, 0x0D, 0x7f, 0xff] {
             assert_eq!(code_of(Request::decode(opcode, b"")), ErrorCode::UnknownOp);
         }
     }

@@ -202,6 +202,82 @@ impl AsyncClient {
         Ok(self.call(Op::Stats).await?.expect_stats())
     }
 
+    /// The sum of `name`'s increments over the last `last` seconds or minutes (see `Client::window`).
+    pub async fn window(
+        &self,
+        name: impl AsRef<[u8]>,
+        last: u32,
+        unit: tally_proto::WindowUnit,
+    ) -> Result<crate::WindowSum, Error> {
+        let op = Op::Window {
+            name: std::borrow::Cow::Borrowed(name.as_ref()),
+            last,
+            unit,
+        };
+        Ok(self.call(op).await?.expect_window())
+    }
+
+    /// `name`'s increments per `step` from `from_ms` to `to_ms` (see `Client::series`).
+    pub async fn series(
+        &self,
+        name: impl AsRef<[u8]>,
+        from_ms: u64,
+        to_ms: u64,
+        step: tally_proto::SeriesStep,
+    ) -> Result<crate::Series, Error> {
+        let name = name.as_ref();
+        let mut parts = Vec::new();
+        for (from, to) in crate::history::series_chunks(from_ms, to_ms, step) {
+            let op = crate::history::series_op(name, from, to, step);
+            parts.push(self.call(op).await?.expect_series());
+        }
+        crate::history::join_series(parts)
+    }
+
+    /// One page of RESET records (see `Client::audit_page`).
+    pub async fn audit_page(
+        &self,
+        name: impl AsRef<[u8]>,
+        from_ms: u64,
+        to_ms: u64,
+        cursor: &[u8],
+    ) -> Result<crate::Page<tally_proto::AuditRecord>, Error> {
+        let op = crate::history::audit_op(name.as_ref(), from_ms, to_ms, cursor);
+        Ok(self.call(op).await?.expect_audit())
+    }
+
+    /// Every RESET record in [from_ms, to_ms) of `name` (empty: every counter), oldest first.
+    pub async fn audit(
+        &self,
+        name: impl AsRef<[u8]>,
+        from_ms: u64,
+        to_ms: u64,
+    ) -> Result<Vec<tally_proto::AuditRecord>, Error> {
+        let name = name.as_ref();
+        let (mut records, mut cursor) = (Vec::new(), Vec::new());
+        loop {
+            let page = self.audit_page(name, from_ms, to_ms, &cursor).await?;
+            records.extend(page.items);
+            if page.cursor.is_empty() {
+                return Ok(records);
+            }
+            cursor = page.cursor;
+        }
+    }
+
+    /// One page of `name`'s logged increments (see `Client::events_page`).
+    pub async fn events_page(
+        &self,
+        name: impl AsRef<[u8]>,
+        from_ms: u64,
+        to_ms: u64,
+        limit: u16,
+        cursor: &[u8],
+    ) -> Result<crate::Page<tally_proto::Event>, Error> {
+        let op = crate::history::events_op(name.as_ref(), from_ms, to_ms, limit, cursor);
+        Ok(self.call(op).await?.expect_events())
+    }
+
     /// Admin: promotes the connected replica to primary (see `Client::promote`). Returns the epoch.
     pub async fn promote(&self, force: bool, wait_ms: u32) -> Result<u64, Error> {
         Ok(self.call(Op::Promote { force, wait_ms }).await?.expect_promote())

@@ -11,17 +11,18 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use tally_proto::{shard_of, HelloReply, StatsReply, Token};
+use tally_proto::{shard_of, AuditRecord, Event, HelloReply, SeriesStep, StatsReply, Token, WindowUnit};
 
 use crate::connection::Connection;
 use crate::counter_spec::CounterSpec;
 use crate::endpoint::Endpoint;
 use crate::error::Error;
 use crate::exchange;
+use crate::history::{audit_op, events_op, join_series, series_chunks, series_op};
 use crate::limits::SHARD_DOWN_MS;
 use crate::op::Op;
 use crate::options::ClientOptions;
-use crate::outcome::{Created, Outcome, Reading, ResetAck, WriteAck};
+use crate::outcome::{Created, Outcome, Page, Reading, ResetAck, Series, WindowSum, WriteAck};
 use crate::pipeline::Pipeline;
 use crate::response::HELLO_REQUEST_ID;
 use crate::shard_router::ShardRouter;
@@ -231,6 +232,99 @@ impl Client {
     /// Server statistics, as served by the main connection's shard.
     pub fn stats(&mut self) -> Result<StatsReply, Error> {
         Ok(self.call(Op::Stats)?.expect_stats())
+    }
+
+    /// The sum of `name`'s increments over the last `last` seconds or minutes (the current one
+    /// included), by server time at apply.
+    pub fn window(&mut self, name: impl AsRef<[u8]>, last: u32, unit: WindowUnit) -> Result<WindowSum, Error> {
+        let op = Op::Window {
+            name: Cow::Borrowed(name.as_ref()),
+            last,
+            unit,
+        };
+        Ok(self.call(op)?.expect_window())
+    }
+
+    /// `name`'s increments summed per `step` from `from_ms` to `to_ms` (ms since the Unix epoch,
+    /// rounded outwards to the step). Longer than `SERIES_POINTS_MAX` points, it is asked for in
+    /// several requests.
+    pub fn series(
+        &mut self,
+        name: impl AsRef<[u8]>,
+        from_ms: u64,
+        to_ms: u64,
+        step: SeriesStep,
+    ) -> Result<Series, Error> {
+        let name = name.as_ref();
+        let mut parts = Vec::new();
+        for (from, to) in series_chunks(from_ms, to_ms, step) {
+            parts.push(self.call(series_op(name, from, to, step))?.expect_series());
+        }
+        join_series(parts)
+    }
+
+    /// One page of RESET records in [from_ms, to_ms) of `name` (empty: every counter); pass the
+    /// returned cursor to get the next (empty cursor: start, or no more).
+    pub fn audit_page(
+        &mut self,
+        name: impl AsRef<[u8]>,
+        from_ms: u64,
+        to_ms: u64,
+        cursor: &[u8],
+    ) -> Result<Page<AuditRecord>, Error> {
+        Ok(self
+            .call(audit_op(name.as_ref(), from_ms, to_ms, cursor))?
+            .expect_audit())
+    }
+
+    /// Every RESET record in [from_ms, to_ms) of `name` (empty: every counter), oldest first.
+    pub fn audit(&mut self, name: impl AsRef<[u8]>, from_ms: u64, to_ms: u64) -> Result<Vec<AuditRecord>, Error> {
+        let name = name.as_ref();
+        let mut records = Vec::new();
+        let mut cursor = Vec::new();
+        loop {
+            let page = self.audit_page(name, from_ms, to_ms, &cursor)?;
+            records.extend(page.items);
+            if page.cursor.is_empty() {
+                return Ok(records);
+            }
+            cursor = page.cursor;
+        }
+    }
+
+    /// One page (at most `limit`, capped at `EVENTS_PER_PAGE_MAX`) of `name`'s logged increments
+    /// in [from_ms, to_ms), in time order; pass the returned cursor to get the next page.
+    pub fn events_page(
+        &mut self,
+        name: impl AsRef<[u8]>,
+        from_ms: u64,
+        to_ms: u64,
+        limit: u16,
+        cursor: &[u8],
+    ) -> Result<Page<Event>, Error> {
+        Ok(self
+            .call(events_op(name.as_ref(), from_ms, to_ms, limit, cursor))?
+            .expect_events())
+    }
+
+    /// Every logged increment of `name` in [from_ms, to_ms), page by page, to `each`; stops early
+    /// when `each` returns false.
+    pub fn events_each(
+        &mut self,
+        name: impl AsRef<[u8]>,
+        from_ms: u64,
+        to_ms: u64,
+        mut each: impl FnMut(&[Event]) -> bool,
+    ) -> Result<(), Error> {
+        let name = name.as_ref();
+        let mut cursor = Vec::new();
+        loop {
+            let page = self.events_page(name, from_ms, to_ms, u16::MAX, &cursor)?;
+            if !each(&page.items) || page.cursor.is_empty() {
+                return Ok(());
+            }
+            cursor = page.cursor;
+        }
     }
 
     /// Admin: promotes the node this client is connected to (a replica) to primary. It fences its

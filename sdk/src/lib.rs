@@ -75,10 +75,13 @@ pub use error::Error;
 pub use key::{key_from_str, random_key};
 pub use op::Op;
 pub use options::ClientOptions;
-pub use outcome::{Created, Outcome, Reading, ResetAck, WriteAck};
+pub mod history;
+pub use outcome::{Created, Outcome, Page, Reading, ResetAck, Series, WindowSum, WriteAck};
 pub use pipeline::Pipeline;
 pub use retry::RetryPolicy;
-pub use tally_proto::{CounterKind, ErrorCode, HelloReply, StatsReply, Token};
+pub use tally_proto::{
+    AuditRecord, CounterKind, ErrorCode, Event, EventKind, HelloReply, SeriesStep, StatsReply, Token, WindowUnit,
+};
 
 // A client moves to the thread (or task) that uses it, and the async client is shared between
 // tasks.

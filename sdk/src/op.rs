@@ -5,7 +5,7 @@
 use std::borrow::Cow;
 
 use tally_proto::limits::{ERROR_MESSAGE_BYTES_MAX, OP_PAYLOAD_BYTES_MAX, REASON_BYTES_MAX, REPLY_OP_HEADER_BYTES};
-use tally_proto::{check_name, ErrorCode, Opcode, Request, Token};
+use tally_proto::{check_name, ErrorCode, Opcode, Request, SeriesStep, Token, WindowUnit};
 
 use crate::counter_spec::CounterSpec;
 use crate::error::Error;
@@ -55,6 +55,35 @@ pub enum Op<'a> {
     },
     /// Per-shard statistics.
     Stats,
+    /// The sum of the increments over the last `last` units (the current one included).
+    Window {
+        name: Cow<'a, [u8]>,
+        last: u32,
+        unit: WindowUnit,
+    },
+    /// Sums per `step` from `from_ms` to `to_ms` (at most `SERIES_POINTS_MAX` points).
+    Series {
+        name: Cow<'a, [u8]>,
+        from_ms: u64,
+        to_ms: u64,
+        step: SeriesStep,
+    },
+    /// One page of RESET records of `name` (empty: every counter).
+    Audit {
+        name: Cow<'a, [u8]>,
+        from_ms: u64,
+        to_ms: u64,
+        limit: u16,
+        cursor: Cow<'a, [u8]>,
+    },
+    /// One page of the logged increments of `name`.
+    Events {
+        name: Cow<'a, [u8]>,
+        from_ms: u64,
+        to_ms: u64,
+        limit: u16,
+        cursor: Cow<'a, [u8]>,
+    },
     /// Admin: promote the node this is sent to (a replica) to primary.
     Promote { force: bool, wait_ms: u32 },
 }
@@ -70,6 +99,10 @@ impl<'a> Op<'a> {
             Op::Reset { .. } => Opcode::Reset,
             Op::Stats => Opcode::Stats,
             Op::Promote { .. } => Opcode::Promote,
+            Op::Window { .. } => Opcode::Window,
+            Op::Series { .. } => Opcode::Series,
+            Op::Audit { .. } => Opcode::Audit,
+            Op::Events { .. } => Opcode::Events,
         }
     }
 
@@ -81,8 +114,12 @@ impl<'a> Op<'a> {
             | Op::Create { name, .. }
             | Op::Cas { name, .. }
             | Op::AddBounded { name, .. }
-            | Op::Reset { name, .. } => Some(name),
-            Op::Stats | Op::Promote { .. } => None,
+            | Op::Reset { name, .. }
+            | Op::Window { name, .. }
+            | Op::Series { name, .. }
+            | Op::Events { name, .. } => Some(name),
+            Op::Audit { name, .. } if !name.is_empty() => Some(name),
+            Op::Stats | Op::Audit { .. } | Op::Promote { .. } => None,
         }
     }
 
@@ -134,6 +171,48 @@ impl<'a> Op<'a> {
             },
             Op::Stats => Op::Stats,
             Op::Promote { force, wait_ms } => Op::Promote { force, wait_ms },
+            Op::Window { name, last, unit } => Op::Window {
+                name: own(name),
+                last,
+                unit,
+            },
+            Op::Series {
+                name,
+                from_ms,
+                to_ms,
+                step,
+            } => Op::Series {
+                name: own(name),
+                from_ms,
+                to_ms,
+                step,
+            },
+            Op::Audit {
+                name,
+                from_ms,
+                to_ms,
+                limit,
+                cursor,
+            } => Op::Audit {
+                name: own(name),
+                from_ms,
+                to_ms,
+                limit,
+                cursor: own(cursor),
+            },
+            Op::Events {
+                name,
+                from_ms,
+                to_ms,
+                limit,
+                cursor,
+            } => Op::Events {
+                name: own(name),
+                from_ms,
+                to_ms,
+                limit,
+                cursor: own(cursor),
+            },
         }
     }
 
@@ -148,7 +227,13 @@ impl<'a> Op<'a> {
     /// time fails with a mismatch, and a retried RESET can undo writes made in between.
     pub(crate) fn is_idempotent(&self, key: Option<u128>) -> bool {
         match self {
-            Op::Get { .. } | Op::Stats | Op::Create { .. } => true,
+            Op::Get { .. }
+            | Op::Stats
+            | Op::Create { .. }
+            | Op::Window { .. }
+            | Op::Series { .. }
+            | Op::Audit { .. }
+            | Op::Events { .. } => true,
             Op::Incr { .. } | Op::AddBounded { .. } => key.is_some(),
             // A promotion that succeeded answers a retry with "already primary".
             Op::Cas { .. } | Op::Reset { .. } | Op::Promote { .. } => false,
@@ -200,6 +285,48 @@ impl<'a> Op<'a> {
                 force: *force,
                 wait_ms: *wait_ms,
             },
+            Op::Window { name, last, unit } => Request::Window {
+                name,
+                last: *last,
+                unit: *unit,
+            },
+            Op::Series {
+                name,
+                from_ms,
+                to_ms,
+                step,
+            } => Request::Series {
+                name,
+                from_ms: *from_ms,
+                to_ms: *to_ms,
+                step: *step,
+            },
+            Op::Audit {
+                name,
+                from_ms,
+                to_ms,
+                limit,
+                cursor,
+            } => Request::Audit {
+                name,
+                from_ms: *from_ms,
+                to_ms: *to_ms,
+                limit: *limit,
+                cursor,
+            },
+            Op::Events {
+                name,
+                from_ms,
+                to_ms,
+                limit,
+                cursor,
+            } => Request::Events {
+                name,
+                from_ms: *from_ms,
+                to_ms: *to_ms,
+                limit: *limit,
+                cursor,
+            },
         }
     }
 
@@ -240,7 +367,8 @@ pub(crate) fn reply_bytes_max(opcode: Opcode) -> usize {
         Opcode::Cas => 8 + TOKEN_BYTES,
         Opcode::Reset => 8 + 8 + TOKEN_BYTES,
         Opcode::Promote => 8,
-        Opcode::Hello | Opcode::Stats => OP_PAYLOAD_BYTES_MAX,
+        Opcode::Window => 8 + 8 + 8,
+        Opcode::Hello | Opcode::Stats | Opcode::Series | Opcode::Audit | Opcode::Events => OP_PAYLOAD_BYTES_MAX,
     };
     REPLY_OP_HEADER_BYTES + success.max(ERROR_REPLY_FIXED_BYTES + ERROR_MESSAGE_BYTES_MAX)
 }

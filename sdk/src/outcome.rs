@@ -1,7 +1,7 @@
 //! What a successful op returns, with the reply flags decoded into named fields.
 
 use tally_proto::reply::{REPLY_APPROX, REPLY_DUPLICATE, REPLY_EXISTS, REPLY_SPLIT, REPLY_STRICT};
-use tally_proto::{Reply, StatsReply, Token};
+use tally_proto::{AuditRecord, Event, Reply, StatsReply, Token};
 
 use crate::error::Error;
 
@@ -50,6 +50,30 @@ pub struct ResetAck {
     pub token: Token,
 }
 
+/// The answer to a WINDOW: the sum and the aligned range [from_ms, to_ms) it covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowSum {
+    pub value: i64,
+    pub from_ms: u64,
+    pub to_ms: u64,
+}
+
+/// The answer to a SERIES: `points[i]` is the sum over [from_ms + i × step_ms, + step_ms).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Series {
+    pub from_ms: u64,
+    pub step_ms: u64,
+    pub points: Vec<i64>,
+}
+
+/// One page of AUDIT or EVENTS: the items, and the cursor that asks for the next page (empty
+/// when there is none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub cursor: Vec<u8>,
+}
+
 /// The result of one successful op, by op.
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +85,10 @@ pub enum Outcome {
     AddBounded(WriteAck),
     Reset(ResetAck),
     Stats(StatsReply),
+    Window(WindowSum),
+    Series(Series),
+    Audit(Page<AuditRecord>),
+    Events(Page<Event>),
     /// PROMOTE: the node is primary from this epoch on.
     Promote {
         epoch: u64,
@@ -75,7 +103,12 @@ impl Outcome {
             Outcome::Get(reading) => Some(reading.value),
             Outcome::Create(created) => Some(created.value),
             Outcome::Reset(reset) => Some(reset.new),
-            Outcome::Stats(_) | Outcome::Promote { .. } => None,
+            Outcome::Window(sum) => Some(sum.value),
+            Outcome::Stats(_)
+            | Outcome::Series(_)
+            | Outcome::Audit(_)
+            | Outcome::Events(_)
+            | Outcome::Promote { .. } => None,
         }
     }
 
@@ -135,6 +168,34 @@ impl Outcome {
         }
     }
 
+    pub(crate) fn expect_window(self) -> WindowSum {
+        match self {
+            Outcome::Window(sum) => sum,
+            other => panic!("WINDOW answered with {other:?}"),
+        }
+    }
+
+    pub(crate) fn expect_series(self) -> Series {
+        match self {
+            Outcome::Series(series) => series,
+            other => panic!("SERIES answered with {other:?}"),
+        }
+    }
+
+    pub(crate) fn expect_audit(self) -> Page<AuditRecord> {
+        match self {
+            Outcome::Audit(page) => page,
+            other => panic!("AUDIT answered with {other:?}"),
+        }
+    }
+
+    pub(crate) fn expect_events(self) -> Page<Event> {
+        match self {
+            Outcome::Events(page) => page,
+            other => panic!("EVENTS answered with {other:?}"),
+        }
+    }
+
     pub(crate) fn expect_promote(self) -> u64 {
         match self {
             Outcome::Promote { epoch } => epoch,
@@ -169,6 +230,18 @@ impl Outcome {
             Reply::Reset { old, new, token } => Outcome::Reset(ResetAck { old, new, token }),
             Reply::Stats(stats) => Outcome::Stats(stats),
             Reply::Promote { epoch } => Outcome::Promote { epoch },
+            Reply::Window { value, from_ms, to_ms } => Outcome::Window(WindowSum { value, from_ms, to_ms }),
+            Reply::Series {
+                from_ms,
+                step_ms,
+                points,
+            } => Outcome::Series(Series {
+                from_ms,
+                step_ms,
+                points,
+            }),
+            Reply::Audit { records, cursor } => Outcome::Audit(Page { items: records, cursor }),
+            Reply::Events { events, cursor } => Outcome::Events(Page { items: events, cursor }),
             Reply::Hello(_) => return Err(Error::Protocol("HELLO reply to a non-HELLO op".into())),
         })
     }

@@ -125,6 +125,29 @@ fn stats_returns_figures() {
 }
 
 #[test]
+fn history_calls_join_long_series_and_follow_cursors() {
+    let server = FakeServer::start(FakeConfig::default());
+    let mut client = options().connect(&server.addr()).unwrap();
+    client.incr("h", 7).unwrap();
+    assert_eq!(client.window("h", 5, tally_sdk::WindowUnit::Second).unwrap().value, 7);
+    // 30 days of minutes is 43 200 points: six requests, joined in order.
+    let day = 86_400_000;
+    let series = client.series("h", 0, 30 * day, tally_sdk::SeriesStep::Minute).unwrap();
+    assert_eq!(series.points.len(), 43_200);
+    assert!(series.points.iter().enumerate().all(|(i, p)| *p == i as i64));
+    let mut pages = Vec::new();
+    client
+        .events_each("h", 0, 10, |events| {
+            pages.push(events.to_vec());
+            true
+        })
+        .unwrap();
+    assert_eq!(pages.len(), 3, "followed the cursor until it came back empty");
+    assert_eq!(pages[2][0].time_ms, 2);
+    assert!(client.audit("", 0, 10).unwrap().is_empty());
+}
+
+#[test]
 fn client_side_limits_refuse_without_sending() {
     let server = FakeServer::start(FakeConfig::default());
     let mut client = options().connect(&server.addr()).unwrap();

@@ -41,7 +41,7 @@ pub use recovery::{
     recover, recover_from_snapshot, AppendPoint, FsDir, OpenSegment, Recovered, RecoveredSnapshot, RecoverySource,
     TornTail,
 };
-pub use segment::{SegmentReader, Step};
+pub use segment::{parse_segment_file_name, ReaderPosition, SegmentHeader, SegmentReader, Step};
 pub use snapshot::decode_snapshot;
 pub use storage::{MemStorage, OpCounts, Storage};
 pub use wal::{Wal, WalConfig};

@@ -172,6 +172,16 @@ impl<'a> NameDictionary<'a> {
     pub fn get(&self, id: u32) -> Option<&'a [u8]> {
         self.names.get(id as usize).copied()
     }
+
+    /// The names by id (a reader resuming later keeps where they are, `SegmentReader::position`).
+    pub fn names(&self) -> &[&'a [u8]] {
+        &self.names
+    }
+
+    /// A dictionary holding `names` as ids 0, 1, ...: a scope picked up where a reader left it.
+    pub fn from_names(names: Vec<&'a [u8]>) -> NameDictionary<'a> {
+        NameDictionary { names }
+    }
 }
 
 /// A cursor over a batch body. Every read checks bounds; nothing here can panic.

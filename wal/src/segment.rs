@@ -186,6 +186,17 @@ impl SegmentEnd {
     }
 }
 
+/// Where a `SegmentReader` stands, kept to continue a scan later (`position_into`, `resume`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReaderPosition {
+    /// Offset of the next batch.
+    pub offset: u64,
+    /// The lsn the next record must have.
+    pub lsn_next: u64,
+    /// The dictionary's names by id, as (offset, length) in the segment's bytes.
+    pub dict: Vec<(u64, u8)>,
+}
+
 /// One step of reading a segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
@@ -281,6 +292,44 @@ impl<'a> SegmentReader<'a> {
             record_count: header.record_count,
             time_ms: header.time_ms,
         })
+    }
+
+    /// Brings `position` up to where this reader stands: the next batch's offset and lsn, and the
+    /// dictionary's names as (offset, length) in the segment's bytes (only names defined since
+    /// `position` was last brought up to date are added). With `resume` a scan continues later
+    /// over the same file (read again, or read further) without decoding it from the start.
+    pub fn position_into(&self, position: &mut ReaderPosition) {
+        position.offset = self.offset;
+        position.lsn_next = self.lsn_next;
+        let base = self.bytes.as_ptr() as usize;
+        for name in &self.dict.names()[position.dict.len().min(self.dict.names().len())..] {
+            // Every dictionary name is a slice of `bytes` (decode_entry takes it from a batch body).
+            let at = (name.as_ptr() as usize).wrapping_sub(base) as u64;
+            position.dict.push((at, name.len() as u8));
+        }
+    }
+
+    /// A reader of `bytes` (the segment file from its start, as far as it was read) continuing at
+    /// `position`. Fails if the header is not this shard's segment or a dictionary name lies
+    /// outside `bytes`.
+    pub fn resume(bytes: &'a [u8], shard: u16, position: &ReaderPosition) -> Result<SegmentReader<'a>, WalError> {
+        let mut reader = SegmentReader::new(bytes, shard)?;
+        if position.offset < SEGMENT_HEADER_BYTES {
+            return invalid("reader position", "before the first batch");
+        }
+        let mut names = Vec::with_capacity(position.dict.len());
+        for &(at, len) in &position.dict {
+            let name = usize::try_from(at)
+                .ok()
+                .and_then(|at| bytes.get(at..at + len as usize))
+                .ok_or(())
+                .or_else(|_| invalid("reader position", "a dictionary name outside the segment"))?;
+            names.push(name);
+        }
+        reader.offset = position.offset;
+        reader.lsn_next = position.lsn_next;
+        reader.dict = NameDictionary::from_names(names);
+        Ok(reader)
     }
 
     fn end(&mut self, end: SegmentEnd) -> Step {

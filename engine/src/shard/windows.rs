@@ -28,6 +28,21 @@ impl Shard {
         self.windows.set_durable(through_ms);
     }
 
+    /// Whether `name`, owned by this shard, is or was split: other shards' logs and windows may
+    /// then hold increments of it (EVENTS and window queries must ask them too). False for a name
+    /// this shard does not own or does not know.
+    pub fn ever_split(&self, name: &[u8]) -> bool {
+        let key = Key::new(name);
+        if !self.owns(key) {
+            return false;
+        }
+        self.table.find(key.hash, key.name).is_some_and(|entry| {
+            entry.is(FLAG_SPLIT)
+                || self.merged_epochs.contains_key(&entry.name_at)
+                || self.recovered_open.contains_key(&entry.name_at)
+        })
+    }
+
     /// This shard's part of a window query on `name`, at `now_ms` (the node's time for the whole
     /// query: pass the same value to every shard). Checks the query against the name's tiers
     /// (errors are the client's), adds what memory holds, and says which older range the runtime
@@ -42,12 +57,7 @@ impl Shard {
         let key = Key::new(name);
         let (name_ref, fan_out) = if self.owns(key) {
             match self.table.find(key.hash, key.name) {
-                Some(entry) => {
-                    let ever_split = entry.is(FLAG_SPLIT)
-                        || self.merged_epochs.contains_key(&entry.name_at)
-                        || self.recovered_open.contains_key(&entry.name_at);
-                    (Some(NameRef::new(entry.name_at, entry.name_len)), ever_split)
-                }
+                Some(entry) => (Some(NameRef::new(entry.name_at, entry.name_len)), self.ever_split(name)),
                 None => (None, false),
             }
         } else {
@@ -180,6 +190,8 @@ mod tests {
         };
         let owner = shards[0].window_query(&hot, &query, T0 + 1_500).unwrap();
         assert!(owner.fan_out, "the owner says the counter is split");
+        assert!(shards[0].ever_split(&hot));
+        assert!(!shards[1].ever_split(&hot), "only the owner knows");
         assert_eq!(owner.partial.finish().unwrap(), vec![5, 0]);
         let files = vec![Vec::new(), Vec::new()];
         assert_eq!(ask(&shards, &files, &hot, &query, T0 + 1_500), vec![5, 10]);

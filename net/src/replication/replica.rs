@@ -93,8 +93,6 @@ pub struct ReplicaSide {
     primary_out: RefCell<Option<Rc<Outbox>>>,
     /// A snapshot being received: its lsn and the bytes so far.
     snapshot: RefCell<Option<(u64, Vec<u8>)>>,
-    /// The primary's batch time of the records appended last, for this node's own batches.
-    pub batch_time_ms: Cell<Option<u64>>,
     /// Set while a promotion of this shard runs: peers' replies go to it.
     promoting: Cell<bool>,
 }
@@ -105,7 +103,6 @@ impl ReplicaSide {
             replica: RefCell::new(replica),
             primary_out: RefCell::new(None),
             snapshot: RefCell::new(None),
-            batch_time_ms: Cell::new(None),
             promoting: Cell::new(false),
         }
     }
@@ -315,11 +312,20 @@ async fn append(runtime: &Rc<ShardRuntime>, epoch: u64, lsn_from: u64, ship: &Sh
         stream.epoch_last = epoch;
         stream.store(&repl.dir)?;
     }
-    let side = repl.replica.as_ref().expect("append on a replica");
-    side.batch_time_ms.set(Some(ship.time_ms));
     let count = ship.lsn_last - ship.lsn_first + 1;
     let mut next = lsn_from;
     while next <= ship.lsn_last {
+        // A batch holds records of one second and carries the primary's time of its first, as on
+        // the primary: have a batch of an earlier second sealed first.
+        if runtime
+            .batch_time_ms
+            .get()
+            .is_some_and(|t| t / 1000 != ship.time_ms / 1000)
+        {
+            runtime.commit_wake.signal(1);
+            runtime.durable.changed().await;
+            continue;
+        }
         if runtime.durable.fault().is_some() || runtime.wal.is_poisoned() {
             return Err("this shard's log failed: it applies nothing more".into());
         }
@@ -360,6 +366,9 @@ async fn append(runtime: &Rc<ShardRuntime>, epoch: u64, lsn_from: u64, ship: &Sh
             let record = record.with_name_id(name_id);
             runtime.wal.append(lsn, &record);
             ship_log.push(lsn, &record);
+            if runtime.batch_time_ms.get().is_none() {
+                runtime.batch_time_ms.set(Some(ship.time_ms));
+            }
             next = lsn + 1;
         })
         .map_err(|e| format!("shipped records: {e}"))?;

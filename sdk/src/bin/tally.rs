@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use serde_json::{json, Map, Value};
-use tally_sdk::{key_from_str, Client, ClientOptions, CounterSpec, Error, ErrorCode, StatsReply};
+use tally_sdk::{
+    key_from_str, Client, ClientOptions, CounterSpec, Error, ErrorCode, EventKind, SeriesStep, StatsReply, WindowUnit,
+};
 
 /// Exit code when the server (or the client, with the server's code) refused the op.
 const EXIT_REFUSED: u8 = 1;
@@ -110,6 +112,47 @@ enum Command {
     },
     /// Print server statistics.
     Stats,
+    /// Print the sum of NAME's increments over the last SPAN (60s, 5m, or seconds), the current
+    /// second or minute included.
+    Window {
+        name: String,
+        #[arg(value_parser = parse_span)]
+        span: (u32, WindowUnit),
+    },
+    /// Print NAME's increments per step, one "time value" line per step.
+    Series {
+        name: String,
+        /// Start: RFC 3339 (2026-11-23T17:00:00Z), unix seconds, or relative to now (-1h, -30m, -2d).
+        #[arg(long, default_value = "-1h", allow_hyphen_values = true, value_parser = parse_time_arg)]
+        from: u64,
+        /// End (exclusive), same forms as --from.
+        #[arg(long, default_value = "now", allow_hyphen_values = true, value_parser = parse_time_arg)]
+        to: u64,
+        /// 1s, 1m, 1h or 1d.
+        #[arg(long, default_value = "1m", value_parser = parse_step)]
+        step: SeriesStep,
+    },
+    /// Print RESET records of NAME (or of every counter): time, name, old -> new, who, reason.
+    Audit {
+        name: Option<String>,
+        /// Start, same forms as `series --from` (default: everything kept).
+        #[arg(long, default_value = "0", allow_hyphen_values = true, value_parser = parse_time_arg)]
+        from: u64,
+        /// End (exclusive).
+        #[arg(long, default_value = "+1m", allow_hyphen_values = true, value_parser = parse_time_arg)]
+        to: u64,
+    },
+    /// Print NAME's logged increments: time, delta, idempotency key, shard and lsn, one per line.
+    Events {
+        name: String,
+        #[arg(long, default_value = "-1h", allow_hyphen_values = true, value_parser = parse_time_arg)]
+        from: u64,
+        #[arg(long, default_value = "now", allow_hyphen_values = true, value_parser = parse_time_arg)]
+        to: u64,
+        /// Print at most this many.
+        #[arg(long)]
+        limit: Option<u64>,
+    },
     /// Operator commands that change a node's role.
     #[command(subcommand)]
     Admin(Admin),
@@ -242,6 +285,96 @@ fn run(command: &Command, client: &mut Client) -> Result<Output, Error> {
             }
         }
         Command::Stats => stats_output(&client.stats()?),
+        Command::Window { name, span } => {
+            let sum = client.window(name, span.0, span.1)?;
+            Output {
+                text: sum.value.to_string(),
+                json: json!({ "value": sum.value, "from_ms": sum.from_ms, "to_ms": sum.to_ms }),
+            }
+        }
+        Command::Series { name, from, to, step } => {
+            let (from_ms, to_ms) = (*from, *to);
+            let series = client.series(name, from_ms, to_ms, *step)?;
+            let mut text = Vec::with_capacity(series.points.len());
+            for (i, point) in series.points.iter().enumerate() {
+                text.push(format!(
+                    "{} {point}",
+                    format_time(series.from_ms + i as u64 * series.step_ms)
+                ));
+            }
+            Output {
+                text: text.join("\n"),
+                json: json!({ "from_ms": series.from_ms, "step_ms": series.step_ms, "points": series.points }),
+            }
+        }
+        Command::Audit { name, from, to } => {
+            let (from_ms, to_ms) = (*from, *to);
+            let records = client.audit(name.as_deref().unwrap_or(""), from_ms, to_ms)?;
+            let text_of = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+            let mut text = Vec::new();
+            let mut items = Vec::new();
+            for r in &records {
+                text.push(format!(
+                    "{} {} {} -> {} by {:?}: {}",
+                    format_time(r.time_ms),
+                    text_of(&r.name),
+                    r.old,
+                    r.new,
+                    text_of(&r.client),
+                    text_of(&r.reason)
+                ));
+                items.push(json!({
+                    "time_ms": r.time_ms, "name": text_of(&r.name), "old": r.old, "new": r.new,
+                    "client": text_of(&r.client), "reason": text_of(&r.reason), "shard": r.shard, "lsn": r.lsn,
+                }));
+            }
+            Output {
+                text: if text.is_empty() {
+                    "no resets".into()
+                } else {
+                    text.join("\n")
+                },
+                json: json!({ "records": items }),
+            }
+        }
+        Command::Events { name, from, to, limit } => {
+            let (from_ms, to_ms) = (*from, *to);
+            let max = limit.unwrap_or(u64::MAX);
+            let (mut text, mut items) = (Vec::new(), Vec::new());
+            client.events_each(name, from_ms, to_ms, |events| {
+                for e in events {
+                    if items.len() as u64 >= max {
+                        return false;
+                    }
+                    let key = e.key.map(|k| format!("{k:032x}"));
+                    let kind = match e.kind {
+                        EventKind::Incr => "incr",
+                        EventKind::AddBounded => "add",
+                        EventKind::SplitPart => "split_part",
+                    };
+                    text.push(format!(
+                        "{} {:+} {} {kind} shard {} lsn {}",
+                        format_time(e.time_ms),
+                        e.delta,
+                        key.as_deref().unwrap_or("-"),
+                        e.shard,
+                        e.lsn
+                    ));
+                    items.push(json!({
+                        "time_ms": e.time_ms, "delta": e.delta, "key": key, "kind": kind, "shard": e.shard, "lsn": e.lsn,
+                    }));
+                }
+                (items.len() as u64) < max
+            })?;
+            Output {
+                text: if text.is_empty() {
+                    "no events".into()
+                } else {
+                    text.join("\n")
+                },
+                json: json!({ "events": items }),
+            }
+        }
         Command::Admin(Admin::Promote { force, wait_ms }) => {
             let epoch = client.promote(*force, *wait_ms)?;
             Output {
@@ -259,6 +392,150 @@ fn reply_timeout(command: &Command, timeout: Duration) -> Duration {
         Command::Admin(Admin::Promote { wait_ms, .. }) => timeout + Duration::from_millis(u64::from(*wait_ms)),
         _ => timeout,
     }
+}
+
+fn parse_time_arg(text: &str) -> Result<u64, String> {
+    parse_time(text, now_ms())
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// `60s`, `5m` or a number of seconds.
+fn parse_span(text: &str) -> Result<(u32, WindowUnit), String> {
+    let (number, unit) = match text.strip_suffix('m') {
+        Some(minutes) => (minutes, WindowUnit::Minute),
+        None => (text.strip_suffix('s').unwrap_or(text), WindowUnit::Second),
+    };
+    match number.parse::<u32>() {
+        Ok(n) if n > 0 => Ok((n, unit)),
+        _ => Err(format!("{text:?} is not a window: use 60s, 5m or a number of seconds")),
+    }
+}
+
+fn parse_step(text: &str) -> Result<SeriesStep, String> {
+    match text {
+        "1s" => Ok(SeriesStep::Second),
+        "1m" => Ok(SeriesStep::Minute),
+        "1h" => Ok(SeriesStep::Hour),
+        "1d" => Ok(SeriesStep::Day),
+        _ => Err(format!("{text:?} is not a step: use 1s, 1m, 1h or 1d")),
+    }
+}
+
+/// A time in ms since the Unix epoch: `now`, relative (`-1h`, `+30s`, `-2d`), unix seconds, or
+/// RFC 3339 (`2026-11-23T17:00:00Z`, `2026-11-23T18:00:00.5+01:00`).
+fn parse_time(text: &str, now_ms: u64) -> Result<u64, String> {
+    let bad = || format!("{text:?} is not a time: use now, -1h, unix seconds or RFC 3339");
+    if text == "now" {
+        return Ok(now_ms);
+    }
+    if let Some(sign) = text.chars().next().filter(|c| *c == '-' || *c == '+') {
+        let body = &text[1..];
+        let unit_ms = match body.chars().last() {
+            Some('s') => 1_000,
+            Some('m') => 60_000,
+            Some('h') => 3_600_000,
+            Some('d') => 86_400_000,
+            _ => return Err(bad()),
+        };
+        let n: u64 = body[..body.len() - 1].parse().map_err(|_| bad())?;
+        let delta = n.checked_mul(unit_ms).ok_or_else(bad)?;
+        return Ok(if sign == '-' {
+            now_ms.saturating_sub(delta)
+        } else {
+            now_ms.saturating_add(delta)
+        });
+    }
+    if text.bytes().all(|b| b.is_ascii_digit()) {
+        let seconds: u64 = text.parse().map_err(|_| bad())?;
+        return seconds.checked_mul(1_000).ok_or_else(bad);
+    }
+    parse_rfc3339(text).ok_or_else(bad)
+}
+
+fn parse_rfc3339(text: &str) -> Option<u64> {
+    let b = text.as_bytes();
+    let num = |range: std::ops::Range<usize>| -> Option<i64> { std::str::from_utf8(b.get(range)?).ok()?.parse().ok() };
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't' | b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    let mut at = 19;
+    let mut millis = 0i64;
+    if b[at] == b'.' {
+        let start = at + 1;
+        at = start;
+        while at < b.len() && b[at].is_ascii_digit() {
+            at += 1;
+        }
+        let digits = std::str::from_utf8(&b[start..at]).ok()?;
+        let padded: String = digits.chars().chain("000".chars()).take(3).collect();
+        millis = padded.parse().ok()?;
+    }
+    let offset_s = match b.get(at..)? {
+        [b'Z' | b'z'] => 0,
+        [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
+            let h = i64::from(h1 - b'0') * 10 + i64::from(h2 - b'0');
+            let m = i64::from(m1 - b'0') * 10 + i64::from(m2 - b'0');
+            let s = (h * 60 + m) * 60;
+            if *sign == b'+' {
+                s
+            } else {
+                -s
+            }
+        }
+        _ => return None,
+    };
+    let days = days_from_civil(year, month, day);
+    let seconds = days * 86_400 + hour * 3_600 + minute * 60 + second - offset_s;
+    u64::try_from(seconds * 1_000 + millis).ok()
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// RFC 3339 in UTC with milliseconds.
+fn format_time(ms: u64) -> String {
+    let days = (ms / 86_400_000) as i64;
+    let rest = ms % 86_400_000;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rest / 3_600_000,
+        rest / 60_000 % 60,
+        rest / 1_000 % 60,
+        rest % 1_000
+    )
 }
 
 fn write_output(value: i64, token: tally_sdk::Token) -> Output {
@@ -367,6 +644,59 @@ mod tests {
 
     fn command(args: &[&str]) -> Command {
         parse(args).unwrap_or_else(|e| panic!("{args:?}: {e}")).command
+    }
+
+    #[test]
+    fn times_spans_and_steps_parse() {
+        let now = 1_700_000_000_000;
+        assert_eq!(parse_time("now", now), Ok(now));
+        assert_eq!(parse_time("-1h", now), Ok(now - 3_600_000));
+        assert_eq!(parse_time("+30s", now), Ok(now + 30_000));
+        assert_eq!(parse_time("1700000000", now), Ok(now));
+        assert_eq!(parse_time("2023-11-14T22:13:20Z", now), Ok(now));
+        assert_eq!(parse_time("2023-11-14T23:13:20.25+01:00", now), Ok(now + 250));
+        assert!(parse_time("yesterday", now).is_err());
+        assert!(parse_time("-1w", now).is_err());
+        assert!(parse_time("2023-13-14T22:13:20Z", now).is_err());
+        assert_eq!(format_time(now + 250), "2023-11-14T22:13:20.250Z");
+        assert_eq!(format_time(0), "1970-01-01T00:00:00.000Z");
+        for ms in [0, 951_782_400_000, now, 4_102_444_800_123] {
+            assert_eq!(parse_rfc3339(&format_time(ms)), Some(ms), "{ms}");
+        }
+        assert_eq!(parse_span("60s"), Ok((60, WindowUnit::Second)));
+        assert_eq!(parse_span("5m"), Ok((5, WindowUnit::Minute)));
+        assert_eq!(parse_span("90"), Ok((90, WindowUnit::Second)));
+        assert!(parse_span("0s").is_err());
+        assert_eq!(parse_step("1h"), Ok(SeriesStep::Hour));
+        assert!(parse_step("5m").is_err());
+        assert_eq!(
+            command(&[
+                "series",
+                "x",
+                "--from",
+                "1700000000",
+                "--to",
+                "2023-11-14T22:14:20Z",
+                "--step",
+                "1s"
+            ]),
+            Command::Series {
+                name: "x".into(),
+                from: now,
+                to: now + 60_000,
+                step: SeriesStep::Second
+            }
+        );
+        assert!(matches!(
+            command(&["audit"]),
+            Command::Audit {
+                name: None,
+                from: 0,
+                ..
+            }
+        ));
+        assert!(matches!(command(&["events", "e", "--from", "-1m"]), Command::Events { from, .. } if from > now));
+        assert!(parse(&["series", "x", "--from", "soon"]).is_err());
     }
 
     #[test]

@@ -607,6 +607,44 @@ fn apply(state: &mut State, shared: &Shared, shard: u16, request: &Request<'_>) 
             ],
             split: config.split.iter().map(|s| s.as_bytes().to_vec()).collect(),
         })),
+        // History ops, answered from the counter values so the SDK's joining and paging can be
+        // checked: a window is the value, a series point is its step number, and EVENTS gives
+        // three pages of one event each, numbered by the cursor.
+        Request::Window { name, .. } => Ok(Reply::Window {
+            value: state.counters.get(name).map_or(0, |c| c.value),
+            from_ms: 0,
+            to_ms: 1_000,
+        }),
+        Request::Series {
+            from_ms, to_ms, step, ..
+        } => {
+            let step_ms = step.ms();
+            let from = from_ms - from_ms % step_ms;
+            let points = (from / step_ms..to_ms.div_ceil(step_ms)).map(|i| i as i64).collect();
+            Ok(Reply::Series {
+                from_ms: from,
+                step_ms,
+                points,
+            })
+        }
+        Request::Audit { .. } => Ok(Reply::Audit {
+            records: Vec::new(),
+            cursor: Vec::new(),
+        }),
+        Request::Events { cursor, .. } => {
+            let page = cursor.first().copied().unwrap_or(0);
+            Ok(Reply::Events {
+                events: vec![tally_proto::Event {
+                    time_ms: u64::from(page),
+                    shard,
+                    lsn: u64::from(page) + 1,
+                    delta: 1,
+                    kind: tally_proto::EventKind::Incr,
+                    key: None,
+                }],
+                cursor: if page < 2 { vec![page + 1] } else { Vec::new() },
+            })
+        }
     }
 }
 

@@ -1,0 +1,418 @@
+//! EVENTS: the logged increments of one counter between two times, read from the shards' WAL
+//! segments with plain file reads on a blocking thread (never on a shard's executor), page by page.
+//!
+//! A scan reads the owner's log, and every other shard's too when the counter is or was split (its
+//! slot increments are in their logs). Each shard's log is read in lsn order; a page merges the
+//! shards' next events by (time, shard, lsn). What a scan has decoded stays with it between pages
+//! (`Scan`, kept by the connection's shard for `EVENTS_SCAN_IDLE_MS`), so a page costs only the
+//! records it reads. The wire cursor names, per shard, the lsn below which everything was returned
+//! or does not match: a page asked for with a cursor whose scan is gone (evicted, another shard,
+//! a restart) rebuilds the scan from those lsns, so no event is lost or repeated either way.
+//!
+//! Records carry their batch's time, which is the apply time of the batch's records to the second
+//! (the node seals a batch when the apply second changes). A scan returns records durable when it
+//! started; batch times never decrease within a shard's log, so a batch at or after `to_ms` ends
+//! that shard's part.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use tally_proto::{Event, EventKind};
+use tally_wal::segment::SegmentEnd;
+use tally_wal::{parse_segment_file_name, LogRecord, ReaderPosition, SegmentHeader, SegmentReader, Step};
+
+use crate::limits::EVENTS_READ_CHUNK_BYTES;
+
+/// Why a page could not be produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScanError {
+    /// The cursor does not parse or does not fit this query.
+    BadCursor(String),
+    /// A log file could not be read or does not decode (removed by retention meanwhile, damaged).
+    Log(String),
+}
+
+/// One shard's log, as far as a scan has read it.
+pub struct ShardScan {
+    pub shard: u16,
+    dir: PathBuf,
+    /// Records above this lsn are not returned (the shard's durable lsn when the scan started).
+    lsn_bound: u64,
+    /// Everything below this lsn was returned or does not match (the lsn of the first event in
+    /// `ahead`, or where reading continues when `ahead` is empty).
+    next_lsn: u64,
+    segment: Option<OpenSegment>,
+    ahead: VecDeque<Event>,
+    done: bool,
+}
+
+/// The segment a shard scan reads: its bytes as far as read, and where decoding stands.
+struct OpenSegment {
+    first_lsn: u64,
+    file: File,
+    file_len: u64,
+    bytes: Vec<u8>,
+    position: Option<ReaderPosition>,
+    /// The last read stopped inside a batch: read further before decoding on.
+    needs_more: bool,
+    /// Every batch of the segment was read.
+    finished: bool,
+}
+
+/// A scan of one query, kept between pages.
+pub struct Scan {
+    pub id: u64,
+    pub name: Vec<u8>,
+    pub from_ms: u64,
+    pub to_ms: u64,
+    pub shards: Vec<ShardScan>,
+}
+
+/// Where a new shard scan starts.
+pub enum Start {
+    /// The first record at or after this time.
+    Time(u64),
+    /// The record with this lsn (from a cursor).
+    Lsn(u64),
+}
+
+impl ShardScan {
+    pub fn new(shard: u16, dir: PathBuf, lsn_bound: u64, start: Start) -> Result<ShardScan, ScanError> {
+        let mut scan = ShardScan {
+            shard,
+            dir,
+            lsn_bound,
+            next_lsn: 0,
+            segment: None,
+            ahead: VecDeque::new(),
+            done: false,
+        };
+        let segments = scan.segments()?;
+        let first = match start {
+            Start::Lsn(lsn) => {
+                scan.next_lsn = lsn;
+                segments
+                    .iter()
+                    .rev()
+                    .find(|(first, _)| *first <= lsn)
+                    .or(segments.first())
+            }
+            Start::Time(time_ms) => {
+                // Batch times never decrease: the segment holding `time_ms` is the last one whose
+                // first batch is not later.
+                let mut chosen = segments.first();
+                for segment in &segments {
+                    match read_header(&segment.1, shard) {
+                        Ok(header) if header.time_ms <= time_ms => chosen = Some(segment),
+                        Ok(_) => break,
+                        Err(e) => return Err(ScanError::Log(e)),
+                    }
+                }
+                chosen
+            }
+        };
+        match first {
+            Some((first_lsn, path)) => scan.open(*first_lsn, path)?,
+            None => scan.done = true,
+        }
+        Ok(scan)
+    }
+
+    pub fn next_lsn(&self) -> u64 {
+        self.ahead.front().map_or(self.next_lsn, |event| event.lsn)
+    }
+
+    fn segments(&self) -> Result<Vec<(u64, PathBuf)>, ScanError> {
+        let entries =
+            std::fs::read_dir(&self.dir).map_err(|e| ScanError::Log(format!("{}: {e}", self.dir.display())))?;
+        let mut segments: Vec<(u64, PathBuf)> = entries
+            .filter_map(|entry| entry.ok())
+            .filter_map(|entry| {
+                let name = entry.file_name().into_string().ok()?;
+                Some((parse_segment_file_name(&name)?, entry.path()))
+            })
+            .collect();
+        segments.sort();
+        Ok(segments)
+    }
+
+    fn open(&mut self, first_lsn: u64, path: &Path) -> Result<(), ScanError> {
+        let file = File::open(path).map_err(|e| ScanError::Log(format!("{}: {e}", path.display())))?;
+        let file_len = file
+            .metadata()
+            .map_err(|e| ScanError::Log(format!("{}: {e}", path.display())))?
+            .len();
+        self.segment = Some(OpenSegment {
+            first_lsn,
+            file,
+            file_len,
+            bytes: Vec::new(),
+            position: None,
+            needs_more: false,
+            finished: false,
+        });
+        Ok(())
+    }
+
+    /// Decodes batches until at least one event is ahead or this shard's part is done.
+    fn fill(&mut self, name: &[u8], from_ms: u64, to_ms: u64) -> Result<(), ScanError> {
+        while self.ahead.is_empty() && !self.done {
+            let Some(segment) = self.segment.as_mut() else {
+                self.done = true;
+                break;
+            };
+            if segment.bytes.is_empty() || segment.needs_more {
+                segment.read_more()?;
+            }
+            let mut reader = match &segment.position {
+                None => SegmentReader::new(&segment.bytes, self.shard),
+                Some(position) => SegmentReader::resume(&segment.bytes, self.shard, position),
+            }
+            .map_err(|e| ScanError::Log(format!("segment {} of shard {}: {e}", segment.first_lsn, self.shard)))?;
+            let (shard, lsn_bound, start_lsn) = (self.shard, self.lsn_bound, self.next_lsn);
+            let ahead = &mut self.ahead;
+            let mut past_end = false;
+            let mut read_lsn_next = reader.lsn_next();
+            // A few batches per pass: enough to amortise the resume, few enough to stop soon
+            // after the page is full.
+            for _ in 0..64 {
+                let step = reader
+                    .next_batch(&mut |entry| {
+                        if entry.lsn < start_lsn || entry.lsn > lsn_bound {
+                            return;
+                        }
+                        if entry.time_ms >= to_ms {
+                            past_end = true;
+                            return;
+                        }
+                        if entry.time_ms < from_ms {
+                            return;
+                        }
+                        let (record_name, delta, kind, key) = match entry.record {
+                            LogRecord::Incr { name, delta, key, .. } => {
+                                (name, delta, EventKind::Incr, key.map(|k| k.key))
+                            }
+                            LogRecord::AddBounded { name, delta, key, .. } => (name, delta, EventKind::AddBounded, key),
+                            LogRecord::SlotIncr { name, delta, .. } => (name, delta, EventKind::SplitPart, None),
+                            _ => return,
+                        };
+                        if record_name == name {
+                            ahead.push_back(Event {
+                                time_ms: entry.time_ms,
+                                shard,
+                                lsn: entry.lsn,
+                                delta,
+                                kind,
+                                key,
+                            });
+                        }
+                    })
+                    .map_err(|e| ScanError::Log(format!("segment {} of shard {shard}: {e}", segment.first_lsn)))?;
+                read_lsn_next = reader.lsn_next();
+                match step {
+                    Step::Batch { .. } if past_end || read_lsn_next > lsn_bound => {
+                        past_end = true;
+                        break;
+                    }
+                    Step::Batch { .. } => {
+                        if !ahead.is_empty() {
+                            break;
+                        }
+                    }
+                    Step::End(end) => {
+                        let zeros = matches!(end, SegmentEnd::Zeros { .. });
+                        if !zeros && (segment.bytes.len() as u64) < segment.file_len {
+                            // The read stopped inside a batch: read further and go on from it.
+                            segment.needs_more = true;
+                        } else {
+                            segment.finished = true;
+                        }
+                        break;
+                    }
+                }
+            }
+            let mut position = segment.position.take().unwrap_or_default();
+            reader.position_into(&mut position);
+            segment.position = Some(position);
+            self.next_lsn = self.next_lsn.max(read_lsn_next);
+            if past_end || read_lsn_next > lsn_bound {
+                self.done = true;
+            } else if segment.finished {
+                let next = read_lsn_next;
+                self.segment = None;
+                let segments = self.segments()?;
+                match segments.iter().find(|(first, _)| *first == next) {
+                    Some((first, path)) => self.open(*first, path)?,
+                    None => self.done = true,
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl OpenSegment {
+    fn read_more(&mut self) -> Result<(), ScanError> {
+        let have = self.bytes.len() as u64;
+        let want = (have.max(EVENTS_READ_CHUNK_BYTES) * 2).min(self.file_len) - have;
+        let mut chunk = vec![0u8; want as usize];
+        self.file
+            .read_exact_at(&mut chunk, have)
+            .map_err(|e| ScanError::Log(format!("segment {}: read: {e}", self.first_lsn)))?;
+        self.bytes.extend_from_slice(&chunk);
+        self.needs_more = false;
+        Ok(())
+    }
+}
+
+fn read_header(path: &Path, shard: u16) -> Result<SegmentHeader, String> {
+    let mut head = Vec::with_capacity(tally_wal::limits::SEGMENT_HEADER_BYTES as usize);
+    File::open(path)
+        .and_then(|file| {
+            file.take(tally_wal::limits::SEGMENT_HEADER_BYTES)
+                .read_to_end(&mut head)
+        })
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let header = SegmentHeader::decode(&head).map_err(|e| format!("{}: {e}", path.display()))?;
+    if header.shard != shard {
+        return Err(format!("{}: belongs to shard {}", path.display(), header.shard));
+    }
+    Ok(header)
+}
+
+impl Scan {
+    /// Up to `limit` events in (time, shard, lsn) order, and whether the scan is over.
+    pub fn page(&mut self, limit: usize) -> Result<(Vec<Event>, bool), ScanError> {
+        let mut out = Vec::with_capacity(limit.min(1024));
+        while out.len() < limit {
+            let mut best: Option<usize> = None;
+            for i in 0..self.shards.len() {
+                self.shards[i].fill(&self.name, self.from_ms, self.to_ms)?;
+                if let Some(head) = self.shards[i].ahead.front() {
+                    let key = (head.time_ms, head.shard, head.lsn);
+                    let better = match best {
+                        None => true,
+                        Some(b) => {
+                            let other = self.shards[b].ahead.front().expect("best has an event");
+                            key < (other.time_ms, other.shard, other.lsn)
+                        }
+                    };
+                    if better {
+                        best = Some(i);
+                    }
+                }
+            }
+            let Some(best) = best else {
+                return Ok((out, true));
+            };
+            let shard = &mut self.shards[best];
+            let event = shard.ahead.pop_front().expect("chosen for its event");
+            shard.next_lsn = shard.next_lsn.max(event.lsn + 1);
+            out.push(event);
+        }
+        let over = self.shards.iter().all(|s| s.done && s.ahead.is_empty());
+        Ok((out, over))
+    }
+
+    /// The wire cursor for the page after this one.
+    pub fn cursor(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(11 + 10 * self.shards.len());
+        out.push(CURSOR_VERSION);
+        out.extend_from_slice(&self.id.to_le_bytes());
+        out.extend_from_slice(&(self.shards.len() as u16).to_le_bytes());
+        for shard in &self.shards {
+            out.extend_from_slice(&shard.shard.to_le_bytes());
+            out.extend_from_slice(&shard.next_lsn().to_le_bytes());
+        }
+        out
+    }
+
+    /// Whether this scan stands exactly where `cursor` says.
+    pub fn matches(&self, cursor: &Cursor, name: &[u8], from_ms: u64, to_ms: u64) -> bool {
+        self.id == cursor.scan_id
+            && self.name == name
+            && self.from_ms == from_ms
+            && self.to_ms == to_ms
+            && self.shards.len() == cursor.positions.len()
+            && self
+                .shards
+                .iter()
+                .zip(&cursor.positions)
+                .all(|(s, &(shard, lsn))| s.shard == shard && s.next_lsn() == lsn)
+    }
+}
+
+const CURSOR_VERSION: u8 = 1;
+
+/// A decoded EVENTS cursor: the scan it continues and each shard's next lsn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub scan_id: u64,
+    pub positions: Vec<(u16, u64)>,
+}
+
+impl Cursor {
+    pub fn parse(bytes: &[u8], shards: u16) -> Result<Cursor, ScanError> {
+        let bad = |why: &str| ScanError::BadCursor(format!("not an EVENTS cursor of this node: {why}"));
+        if bytes.len() < 11 || bytes[0] != CURSOR_VERSION {
+            return Err(bad("unknown version or truncated"));
+        }
+        let scan_id = u64::from_le_bytes(bytes[1..9].try_into().expect("8 bytes"));
+        let count = u16::from_le_bytes([bytes[9], bytes[10]]) as usize;
+        let rest = &bytes[11..];
+        if rest.len() != count * 10 || count == 0 || count > shards as usize {
+            return Err(bad("wrong length"));
+        }
+        let mut positions = Vec::with_capacity(count);
+        for chunk in rest.chunks_exact(10) {
+            let shard = u16::from_le_bytes([chunk[0], chunk[1]]);
+            let lsn = u64::from_le_bytes(chunk[2..10].try_into().expect("8 bytes"));
+            if shard >= shards || positions.iter().any(|&(s, _)| s == shard) {
+                return Err(bad("a shard out of range or repeated"));
+            }
+            positions.push((shard, lsn));
+        }
+        Ok(Cursor { scan_id, positions })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_bad_ones_are_refused() {
+        let scan = Scan {
+            id: 77,
+            name: b"n".to_vec(),
+            from_ms: 1,
+            to_ms: 2,
+            shards: Vec::new(),
+        };
+        let mut bytes = scan.cursor();
+        // A scan with no shards is never made; append one position by hand.
+        bytes[9] = 1;
+        bytes.extend_from_slice(&1u16.to_le_bytes());
+        bytes.extend_from_slice(&9u64.to_le_bytes());
+        let cursor = Cursor::parse(&bytes, 2).unwrap();
+        assert_eq!(
+            cursor,
+            Cursor {
+                scan_id: 77,
+                positions: vec![(1, 9)]
+            }
+        );
+        assert!(Cursor::parse(&bytes, 1).is_err(), "shard 1 of a 1-shard node");
+        assert!(Cursor::parse(&bytes[..bytes.len() - 1], 2).is_err());
+        assert!(Cursor::parse(b"", 2).is_err());
+        let mut other = bytes.clone();
+        other[0] = 9;
+        assert!(Cursor::parse(&other, 2).is_err());
+        for cut in 0..bytes.len() {
+            let _ = Cursor::parse(&bytes[..cut], 4);
+        }
+    }
+}
