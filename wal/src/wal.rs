@@ -573,6 +573,9 @@ impl<S: Storage> Wal<S> {
     /// and the log continues at `lsn + 1`, which may be below the lsn it had (a diverged suffix is
     /// discarded this way). Nothing may be buffered or committing: the caller stops appending first.
     ///
+    /// Until the next `maintain`, the log has no segment to write to (`room` says `DiskFull` while
+    /// `is_disk_full` is false).
+    ///
     /// Crash safety: files are removed before the new snapshot is written, so a crash in between
     /// leaves an empty log (the replica reports position 0 and is resynchronised again), never old
     /// records replayed after the new snapshot.
@@ -621,11 +624,9 @@ impl<S: Storage> Wal<S> {
         *self.commit.borrow_mut() = GroupCommit::new(lsn);
         drop(_busy);
         self.write_snapshot(lsn, body).await?;
-        drop(_rotating);
-        match self.prepare_next_segment().await {
-            Ok(()) | Err(WalError::DiskFull) => Ok(()),
-            Err(e) => Err(e),
-        }
+        // The next segment is prepared by the next `maintain` (the caller wakes it): preparing
+        // here could run beside a maintenance call that prepares too.
+        Ok(())
     }
 }
 

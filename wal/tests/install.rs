@@ -48,6 +48,8 @@ fn installed_snapshot_above_the_log_end_recovers_at_its_lsn() {
     let (wal, _, _) = open(&storage).unwrap();
     append_and_commit(&wal, 1, 5, 1_000);
     block_on(wal.install_snapshot(500, &snapshot_body(500))).unwrap();
+    assert_eq!(wal.room(), Room::DiskFull, "no segment until maintenance prepares one");
+    assert!(!wal.is_disk_full());
     drop(wal);
     let (recovered, last) = recover_checked(&storage).unwrap();
     assert_eq!(recovered.snapshot.as_ref().map(|s| s.lsn), Some(500));

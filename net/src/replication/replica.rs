@@ -405,6 +405,8 @@ async fn install(runtime: &Rc<ShardRuntime>, lsn: u64, body: &[u8]) -> Result<()
         .await
         .map_err(|e| format!("shard {shard}: installing the snapshot at lsn {lsn}: {e}"))?;
     *runtime.engine.borrow_mut() = engine;
+    // The log has no segment until maintenance prepares the next one.
+    runtime.maintain_wake.signal(1);
     runtime.durable.reset(lsn);
     runtime.node.lsn_durable[shard as usize].store(lsn, std::sync::atomic::Ordering::Release);
     repl.ship_log.borrow_mut().reset(lsn + 1);
