@@ -360,6 +360,33 @@ fn bad_history_requests_get_their_documented_codes() {
         assert_eq!(id, 77);
         assert_eq!(code_of(reply), ErrorCode::InvalidArgument as u16);
     }
+    // A frame gets at most HISTORY_OPS_PER_FRAME_MAX history ops answered; the rest are refused
+    // alone, and other ops in the frame are served.
+    let window = Request::Window {
+        name: b"x",
+        last: 1,
+        unit: WindowUnit::Second,
+    };
+    let mut ops = vec![window.clone(); tally_proto::limits::HISTORY_OPS_PER_FRAME_MAX + 1];
+    ops.push(Request::Get {
+        name: b"x",
+        fresh: false,
+        token: None,
+    });
+    match conn.call(&ops) {
+        RawReply::Ops(replies) => {
+            let limit = tally_proto::limits::HISTORY_OPS_PER_FRAME_MAX;
+            assert!(replies[..limit]
+                .iter()
+                .all(|r| matches!(r.result, Ok(Reply::Window { .. }))));
+            assert_eq!(
+                replies[limit].result.as_ref().unwrap_err().code,
+                ErrorCode::TooManyOps as u16
+            );
+            assert!(matches!(replies[limit + 1].result, Ok(Reply::Get { .. })));
+        }
+        other => panic!("{other:?}"),
+    }
     // The SDK sees the same codes.
     let mut client = Client::connect(&server.addr).unwrap();
     let error = client.series("x", now, now - 1, SeriesStep::Hour).unwrap_err();
