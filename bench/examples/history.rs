@@ -13,7 +13,8 @@
 //! the 30-day per-minute SERIES (43 200 points: 6 requests of `SERIES_POINTS_MAX`), and EVENTS
 //! pages over the hour. It checks every answer against what it wrote.
 //!
-//! `cargo run --release -p tally-bench --example history -- --tallyd target/release/tallyd`
+//! `cargo run --release -p tally-bench --example history -- --tallyd target/release/tallyd`; with
+//! `--addr HOST:PORT` it only measures WINDOW against that running node (names of `tally-bench`).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -38,6 +39,8 @@ struct Options {
     names: usize,
     events_per_sec: u64,
     iterations: usize,
+    /// Only measure WINDOW against this running node (e.g. one under `tally-bench` load).
+    addr: Option<String>,
 }
 
 fn options() -> Options {
@@ -47,6 +50,7 @@ fn options() -> Options {
         names: 20_000,
         events_per_sec: 2_000,
         iterations: 300,
+        addr: None,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     for pair in args.chunks(2) {
@@ -57,6 +61,7 @@ fn options() -> Options {
             "--names" => options.names = value.parse().expect("--names N"),
             "--events-per-sec" => options.events_per_sec = value.parse().expect("--events-per-sec N"),
             "--iterations" => options.iterations = value.parse().expect("--iterations N"),
+            "--addr" => options.addr = Some(value),
             other => panic!("unknown option {other}"),
         }
     }
@@ -206,8 +211,24 @@ fn time(iterations: usize, mut call: impl FnMut()) -> Histogram<u64> {
     histogram
 }
 
+/// WINDOW latency against a running node, on `tally-bench`'s hottest name and a cold one.
+fn windows_only(addr: &str, iterations: usize) {
+    let mut client = Client::connect(addr).unwrap();
+    for name in ["bench:0", "bench:4321"] {
+        for (last, unit, what) in [(60, WindowUnit::Second, "60 s"), (5, WindowUnit::Minute, "5 min")] {
+            let histogram = time(iterations, || {
+                client.window(name, last, unit).unwrap();
+            });
+            percentiles(&format!("WINDOW {name} last {what} (under load)"), &histogram);
+        }
+    }
+}
+
 fn main() {
     let options = options();
+    if let Some(addr) = &options.addr {
+        return windows_only(addr, options.iterations * 10);
+    }
     let _ = std::fs::remove_dir_all(&options.dir);
     let shard_dir = options.dir.join("shard-0");
     let now = now_ms();
@@ -237,11 +258,12 @@ fn main() {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start tallyd");
+    let stdout = child.stdout.take().unwrap();
+    // Killed however this function ends (a failed check panics).
+    let _child = KillOnDrop(child);
     let started = Instant::now();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
     let addr = line
         .split_whitespace()
         .find_map(|f| f.strip_prefix("listen="))
@@ -316,7 +338,14 @@ fn main() {
             events as f64 / elapsed / 1e6
         );
     }
-    let _ = child.kill();
-    let _ = child.wait();
     let _ = std::fs::remove_dir_all(&options.dir);
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -17,9 +17,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::BytesMut;
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::sync::Semaphore;
-use tally_engine::{Applied, Ctx, Outcome};
+use tally_engine::{Applied, Ctx, Failure, Outcome};
 use tally_proto::frame::encode_error_frame;
-use tally_proto::limits::{FRAME_BYTES_MAX, FRAME_HEADER_BYTES, IN_FLIGHT_FRAMES_MAX};
+use tally_proto::limits::{FRAME_BYTES_MAX, FRAME_HEADER_BYTES, HISTORY_OPS_PER_FRAME_MAX, IN_FLIGHT_FRAMES_MAX};
 use tally_proto::{
     encode_error_reply, DecodeError, ErrorCode, FrameBuilder, FrameHeader, FrameKind, HeaderCheck, HelloReply, Reply,
     Request, RequestOps, StatsReply, PROTOCOL_VERSION,
@@ -414,6 +414,14 @@ async fn serve_frame(conn: &Rc<Conn>, header: &FrameHeader, body: &[u8]) {
                 promote_at = Some((index as u16, force, wait_ms));
                 Item::Remote { opcode }
             }
+            Ok(op) if op.is_history() && history_ops.len() >= HISTORY_OPS_PER_FRAME_MAX => Item::Done {
+                opcode,
+                outcome: Err(Failure::new(
+                    ErrorCode::TooManyOps,
+                    format!("at most HISTORY_OPS_PER_FRAME_MAX {HISTORY_OPS_PER_FRAME_MAX} history ops per frame"),
+                )),
+                local: true,
+            },
             Ok(op) if op.is_history() => {
                 // Answered by a task of its own (`history`); the slot is filled when it is done.
                 history_ops.push((index as u16, HistoryOp::of(&op).expect("a history op")));
@@ -620,7 +628,6 @@ pub fn now_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tally_engine::Failure;
 
     #[test]
     fn refused_frames_encode_as_error_frames() {

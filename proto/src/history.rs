@@ -384,6 +384,52 @@ mod tests {
         });
     }
 
+    use proptest::prelude::*;
+
+    fn history_request() -> impl Strategy<Value = (u8, u8, u64, u64, u16, Vec<u8>, Vec<u8>)> {
+        (
+            0x09u8..=0x0C,
+            0u8..4,
+            any::<u64>(),
+            any::<u64>(),
+            1u16..,
+            proptest::collection::vec(any::<u8>(), 1..=NAME_BYTES_MAX),
+            proptest::collection::vec(any::<u8>(), 0..64),
+        )
+    }
+
+    proptest! {
+        /// Every valid history request decodes back to itself.
+        #[test]
+        fn history_requests_round_trip((opcode, small, a, b, limit, name, cursor) in history_request()) {
+            let (from_ms, to_ms) = (a.min(b), a.max(b));
+            let request = match opcode {
+                0x09 => Request::Window { name: &name, last: (a as u32).max(1), unit: WindowUnit::from_u8(small % 2).unwrap() },
+                0x0A => {
+                    let step = SeriesStep::from_u8(small).unwrap();
+                    let to_ms = from_ms.saturating_add((b % 1_000) * step.ms());
+                    Request::Series { name: &name, from_ms, to_ms, step }
+                }
+                0x0B => Request::Audit { name: &name, from_ms, to_ms, limit, cursor: &cursor },
+                _ => Request::Events { name: &name, from_ms, to_ms, limit, cursor: &cursor },
+            };
+            let bytes = encoded(&request);
+            prop_assert_eq!(Request::decode(bytes[0], &bytes[3..]), Ok(request));
+        }
+
+        /// Any payload for a history opcode decodes or is refused, never panics.
+        #[test]
+        fn history_request_decoding_never_panics(opcode in 0x09u8..=0x0C, payload in proptest::collection::vec(any::<u8>(), 0..80)) {
+            let _ = Request::decode(opcode, &payload);
+        }
+
+        /// Any payload for a history reply decodes or is refused, never panics.
+        #[test]
+        fn history_reply_payloads_never_panic(opcode in 0x09u8..=0x0C, payload in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = Reply::decode(opcode, &payload);
+        }
+    }
+
     #[test]
     fn history_reply_decoding_never_panics() {
         let mut buf = BytesMut::new();

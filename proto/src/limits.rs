@@ -72,6 +72,11 @@ pub const AUDIT_RECORDS_PER_REPLY_MAX: u16 = 38;
 /// large enough that the round trip per page costs little next to scanning the log.
 pub const EVENTS_PER_PAGE_MAX: u16 = 1_024;
 
+/// Most history ops (WINDOW, SERIES, AUDIT, EVENTS) the server answers in one frame; the ones
+/// beyond get `TooManyOps`. Their replies can be 64 KiB each, so this bounds one response frame's
+/// history part at 1 MiB, as `FRAME_BYTES_MAX` bounds a request.
+pub const HISTORY_OPS_PER_FRAME_MAX: usize = 16;
+
 /// Longest continuation cursor of AUDIT and EVENTS, in bytes. An EVENTS cursor holds a scan id
 /// and (shard, next lsn) per shard: 9 + 10 × `SHARDS_MAX` = 2 569 bytes at most.
 pub const CURSOR_BYTES_MAX: usize = 4_096;

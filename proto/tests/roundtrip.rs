@@ -275,7 +275,9 @@ enum BatchOp {
 fn batch_op() -> impl Strategy<Value = BatchOp> {
     prop_oneof![
         6 => request().prop_map(BatchOp::Valid),
-        1 => (0x11u8..=255, vec(any::<u8>(), 0..32)).prop_map(|(op, payload)| BatchOp::UnknownOpcode(op, payload)),
+        1 => (0x0Du8..=255, vec(any::<u8>(), 0..32))
+            .prop_filter("assigned opcode", |(op, _)| *op != 0x10)
+            .prop_map(|(op, payload)| BatchOp::UnknownOpcode(op, payload)),
         1 => Just(BatchOp::EmptyName),
         1 => Just(BatchOp::NameTooLong),
         1 => request().prop_map(BatchOp::TrailingByte),

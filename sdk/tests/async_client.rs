@@ -205,3 +205,37 @@ async fn keyed_writes_refused_as_overloaded_are_sent_again() {
     assert_eq!(client.incr("x", 4).await.unwrap(), 4);
     assert_eq!(server.served_op(Opcode::Incr).len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_calls_join_series_and_follow_cursors() {
+    let server = FakeServer::start(FakeConfig::default());
+    let client = options().connect_async(&server.addr()).await.unwrap();
+    client.incr("h", 9).await.unwrap();
+    assert_eq!(
+        client
+            .window("h", 1, tally_sdk::WindowUnit::Minute)
+            .await
+            .unwrap()
+            .value,
+        9
+    );
+    let day = 86_400_000;
+    let series = client
+        .series("h", 0, 30 * day, tally_sdk::SeriesStep::Minute)
+        .await
+        .unwrap();
+    assert_eq!(series.points.len(), 43_200);
+    assert!(series.points.iter().enumerate().all(|(i, p)| *p == i as i64));
+    let mut cursor = Vec::new();
+    let mut pages = 0;
+    loop {
+        let page = client.events_page("h", 0, 10, 100, &cursor).await.unwrap();
+        pages += 1;
+        if page.cursor.is_empty() {
+            break;
+        }
+        cursor = page.cursor;
+    }
+    assert_eq!(pages, 3);
+    assert!(client.audit("", 0, 10).await.unwrap().is_empty());
+}

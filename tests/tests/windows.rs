@@ -360,6 +360,33 @@ fn bad_history_requests_get_their_documented_codes() {
         assert_eq!(id, 77);
         assert_eq!(code_of(reply), ErrorCode::InvalidArgument as u16);
     }
+    // A frame gets at most HISTORY_OPS_PER_FRAME_MAX history ops answered; the rest are refused
+    // alone, and other ops in the frame are served.
+    let window = Request::Window {
+        name: b"x",
+        last: 1,
+        unit: WindowUnit::Second,
+    };
+    let mut ops = vec![window.clone(); tally_proto::limits::HISTORY_OPS_PER_FRAME_MAX + 1];
+    ops.push(Request::Get {
+        name: b"x",
+        fresh: false,
+        token: None,
+    });
+    match conn.call(&ops) {
+        RawReply::Ops(replies) => {
+            let limit = tally_proto::limits::HISTORY_OPS_PER_FRAME_MAX;
+            assert!(replies[..limit]
+                .iter()
+                .all(|r| matches!(r.result, Ok(Reply::Window { .. }))));
+            assert_eq!(
+                replies[limit].result.as_ref().unwrap_err().code,
+                ErrorCode::TooManyOps as u16
+            );
+            assert!(matches!(replies[limit + 1].result, Ok(Reply::Get { .. })));
+        }
+        other => panic!("{other:?}"),
+    }
     // The SDK sees the same codes.
     let mut client = Client::connect(&server.addr).unwrap();
     let error = client.series("x", now, now - 1, SeriesStep::Hour).unwrap_err();
@@ -372,4 +399,77 @@ fn bad_history_requests_get_their_documented_codes() {
         RawReply::Ops(ops) => assert!(matches!(ops[0].result, Ok(Reply::Window { value: 0, .. }))),
         other => panic!("{other:?}"),
     }
+}
+
+fn tally(server: &Server, args: &[&str]) -> (i32, String) {
+    let path = tally_tests::tallyd_path().with_file_name("tally");
+    assert!(
+        path.exists(),
+        "{} missing: run `cargo test --workspace`",
+        path.display()
+    );
+    let output = std::process::Command::new(path)
+        .arg("--addr")
+        .arg(&server.addr)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).trim().to_string(),
+    )
+}
+
+#[test]
+fn the_cli_prints_history_plain_and_json() {
+    let server = Server::start(&["--shards", "2"]);
+    assert_eq!(
+        tally(&server, &["incr", "c:x", "5", "--key", "order-1"]),
+        (0, "5".into())
+    );
+    assert_eq!(tally(&server, &["window", "c:x", "60s"]), (0, "5".into()));
+    let (code, out) = tally(&server, &["--json", "window", "c:x", "5m"]);
+    assert_eq!(code, 0);
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["value"], 5);
+    assert_eq!(
+        json["to_ms"].as_u64().unwrap() - json["from_ms"].as_u64().unwrap(),
+        300_000
+    );
+    let (code, out) = tally(&server, &["--json", "series", "c:x", "--from", "-1m", "--step", "1s"]);
+    assert_eq!(code, 0);
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let points: Vec<i64> = json["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_i64().unwrap())
+        .collect();
+    assert_eq!(points.iter().sum::<i64>(), 5);
+    assert!(points.len() >= 60);
+    let (code, out) = tally(&server, &["series", "c:x", "--from", "-1m", "--step", "1s"]);
+    assert_eq!(code, 0);
+    assert_eq!(out.lines().count(), points.len(), "one line per step");
+    assert_eq!(
+        tally(&server, &["reset", "c:x", "0", "--reason", "cli test"]),
+        (0, "5 -> 0".into())
+    );
+    let (code, out) = tally(&server, &["audit", "c:x"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("c:x 5 -> 0 by \"tally-cli\": cli test"), "{out}");
+    let (code, out) = tally(&server, &["events", "c:x", "--from", "-1m"]);
+    assert_eq!(code, 0);
+    assert_eq!(out.lines().count(), 1, "{out}");
+    let key = out.split_whitespace().nth(2).unwrap();
+    assert!(out.contains(" +5 ") && key.len() == 32, "{out}");
+    let (code, out) = tally(&server, &["--json", "events", "c:x", "--from", "-1m"]);
+    assert_eq!(code, 0);
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["events"][0]["delta"], 5);
+    assert_eq!(json["events"][0]["key"], key);
+    let (code, out) = tally(&server, &["--json", "series", "c:x", "--from", "now", "--to", "-1h"]);
+    assert_eq!(code, 1);
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["error"], "range_reversed");
+    assert_eq!(json["code"], 26);
 }

@@ -264,6 +264,8 @@ fn check_request_error(opcode: u8, error: &DecodeError) {
                 | ErrorCode::NameTooLong
                 | ErrorCode::ReasonTooLong
                 | ErrorCode::InvalidArgument
+                | ErrorCode::RangeReversed
+                | ErrorCode::TooManyPoints
         ),
         "{code:?} from the request decoder"
     );
