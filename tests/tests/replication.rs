@@ -544,6 +544,61 @@ fn a_namespace_ack_mode_all_needs_every_replica() {
     println!("namespace ack mode: {report}");
 }
 
+/// History is replicated: a replica answers WINDOW, EVENTS and AUDIT for what it applied exactly as
+/// the primary does (it replays the primary's records with their times).
+#[test]
+fn a_replica_answers_history_like_its_primary() {
+    let _serial = serial();
+    let cluster = Cluster::start(Options::default());
+    cluster.wait_ready(PRIMARY);
+    let p = cluster.addr(PRIMARY);
+    let mut primary = client(&p, REPLY_TIMEOUT).unwrap();
+    let names = names("hist", 3);
+    let mut history = Vec::new();
+    write_all_acked(&mut primary, &mut history, &names, 1 << 64, 30);
+    primary.reset(&names[0], 7, "replicated audit").unwrap();
+    cluster.wait_caught_up(PRIMARY, R1);
+    let mut replica = client(&cluster.addr(R1), REPLY_TIMEOUT).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let (from, to) = (now - 600_000, now + 60_000);
+    let mut windowed = 0;
+    for name in &names {
+        let on_p = primary.window(name, 10, tally_sdk::WindowUnit::Minute).unwrap().value;
+        let on_r = replica.window(name, 10, tally_sdk::WindowUnit::Minute).unwrap().value;
+        assert_eq!(on_p, on_r, "WINDOW of {name} on the replica");
+        windowed += on_p;
+        let events = |c: &mut Client| {
+            let mut all = Vec::new();
+            c.events_each(name, from, to, |page| {
+                all.extend(page.iter().map(|e| (e.time_ms, e.delta, e.key)));
+                true
+            })
+            .unwrap();
+            all
+        };
+        let on_p = events(&mut primary);
+        assert_eq!(
+            on_p.len() as i64,
+            primary.window(name, 10, tally_sdk::WindowUnit::Minute).unwrap().value
+        );
+        assert_eq!(on_p, events(&mut replica), "EVENTS of {name} on the replica");
+    }
+    assert_eq!(windowed, 30, "30 increments of 1 in the last 10 minutes");
+    let audit = |c: &mut Client| -> Vec<(i64, i64, Vec<u8>)> {
+        c.audit(&names[0], from, to)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.old, r.new, r.reason))
+            .collect()
+    };
+    let on_p = audit(&mut primary);
+    assert_eq!(on_p.len(), 1);
+    assert_eq!(on_p, audit(&mut replica), "AUDIT on the replica");
+}
+
 /// One keyed write that must be refused with `replicas_unavailable` within `REFUSAL_BOUND`.
 fn assert_refused_for_replicas(client: &mut Client, history: &mut Vec<Attempt>, name: &str, key: u128, why: &str) {
     let (result, took) = send(client, history, name, key, 1);
