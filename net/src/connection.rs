@@ -606,10 +606,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(conn: Rc<Conn>, mut writer: W) {
         if conn.wake.acquire(1).await.is_err() {
             break;
         }
-        let extra = conn.wake.available();
-        if extra > 0 {
-            let _ = conn.wake.try_acquire(extra);
-        }
+        crate::durability::take_wakeups(&conn.wake);
     }
     // Wake a reader waiting for in-flight room: there will be none.
     conn.in_flight.close();

@@ -12,6 +12,15 @@ use std::rc::Rc;
 use glommio::sync::Semaphore;
 use tally_replicate::AckMode;
 
+/// Takes every permit signalled on `wake`: a semaphore used as a wake-up flag, where several
+/// signals before the waiter runs mean one wake-up, not several.
+pub fn take_wakeups(wake: &Semaphore) {
+    let extra = wake.available();
+    if extra > 0 {
+        let _ = wake.try_acquire(extra);
+    }
+}
+
 /// Why a shard's log takes no more writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFault {
@@ -75,10 +84,7 @@ impl DurableWatch {
 
     /// Whether a change at `lsn` may be acked now: `Some(Ok)` yes, `Some(Err)` never, `None` not yet.
     pub fn check(&self, lsn: u64) -> Option<Result<(), LogFault>> {
-        if lsn <= self.lsn_durable.get() {
-            return Some(Ok(()));
-        }
-        self.fault.get().map(Err)
+        self.check_mode(lsn, AckMode::Local)
     }
 
     /// Records that everything up to `lsn` is durable and wakes every waiter.

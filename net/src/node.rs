@@ -1103,10 +1103,7 @@ async fn commit_loop(runtime: Rc<ShardRuntime>) {
         if runtime.commit_wake.acquire(1).await.is_err() {
             return;
         }
-        let extra = runtime.commit_wake.available();
-        if extra > 0 {
-            let _ = runtime.commit_wake.try_acquire(extra);
-        }
+        crate::durability::take_wakeups(&runtime.commit_wake);
     }
 }
 
@@ -1151,10 +1148,7 @@ async fn wait_signal_or(wake: &Semaphore, timeout: Duration) {
         glommio::timer::sleep(timeout),
     )
     .await;
-    let extra = wake.available();
-    if extra > 0 {
-        let _ = wake.try_acquire(extra);
-    }
+    crate::durability::take_wakeups(wake);
 }
 
 /// Writes a snapshot every `snapshot_records` records or `snapshot_interval_ms`, whichever comes

@@ -343,10 +343,7 @@ async fn write_commands<W: futures_lite::AsyncWrite + Unpin>(
             if link.wake.acquire(1).await.is_err() {
                 return Ok(());
             }
-            let extra = link.wake.available();
-            if extra > 0 {
-                let _ = link.wake.try_acquire(extra);
-            }
+            crate::durability::take_wakeups(&link.wake);
             let acked = link.shipper.borrow().lsn_acked();
             if acked != acked_seen {
                 acked_seen = acked;

@@ -78,10 +78,7 @@ async fn drain_outbox<W: AsyncWrite + Unpin>(outbox: Rc<Outbox>, mut writer: W) 
         if outbox.closed.get() || outbox.wake.acquire(1).await.is_err() {
             break;
         }
-        let extra = outbox.wake.available();
-        if extra > 0 {
-            let _ = outbox.wake.try_acquire(extra);
-        }
+        crate::durability::take_wakeups(&outbox.wake);
     }
     outbox.close();
 }
@@ -250,7 +247,8 @@ pub async fn execute(
                 if total_bytes > SNAPSHOT_BYTES_MAX {
                     return Err(format!("a snapshot of {total_bytes} bytes exceeds SNAPSHOT_BYTES_MAX"));
                 }
-                *side.snapshot.borrow_mut() = Some((lsn, Vec::with_capacity(total_bytes as usize)));
+                // Grown as chunks arrive, not reserved from the sender's claim.
+                *side.snapshot.borrow_mut() = Some((lsn, Vec::new()));
             }
             ReplicaCommand::SnapshotWrite { offset, bytes, .. } => {
                 let mut snapshot = side.snapshot.borrow_mut();
@@ -539,10 +537,7 @@ pub async fn promote(runtime: Rc<ShardRuntime>, force: bool, wait: Duration) -> 
             glommio::timer::sleep(Duration::from_millis(50)),
         )
         .await;
-        let extra = arrived.available();
-        if extra > 0 {
-            let _ = arrived.try_acquire(extra);
-        }
+        crate::durability::take_wakeups(&arrived);
         pending.extend(promotion.tick(now_ms()));
         let events: Vec<_> = inbox.borrow_mut().drain(..).collect();
         for (peer, message) in events {
