@@ -41,7 +41,7 @@ impl LogFault {
                 "the shard's log failed before this write was durable: its outcome is unknown",
             ),
             LogFault::SteppedDown => (
-                tally_proto::ErrorCode::NotPrimary,
+                tally_proto::ErrorCode::OutcomeUnknown,
                 "this node stopped being primary before the write was acknowledged: its outcome is unknown",
             ),
         }

@@ -72,11 +72,15 @@ pub enum ErrorCode {
     TooManyPoints = 29,
     /// Time windows are turned off on this node.
     WindowsDisabled = 30,
+    /// The write reached this node's log but its outcome is unknown: the node stopped being
+    /// primary (or stopped) before the write was acknowledged, so the write may or may not be in
+    /// the new primary's history. Retry with the same idempotency key: the retry counts once.
+    OutcomeUnknown = 31,
 }
 
 impl ErrorCode {
     /// Every code, in number order. Tests use it to check that numbers stay unique and stable.
-    pub const ALL: [ErrorCode; 30] = [
+    pub const ALL: [ErrorCode; 31] = [
         ErrorCode::BadFrame,
         ErrorCode::FrameTooLarge,
         ErrorCode::TooManyOps,
@@ -107,6 +111,7 @@ impl ErrorCode {
         ErrorCode::BeyondRetention,
         ErrorCode::TooManyPoints,
         ErrorCode::WindowsDisabled,
+        ErrorCode::OutcomeUnknown,
     ];
 
     pub fn from_u16(code: u16) -> Option<ErrorCode> {
@@ -146,6 +151,7 @@ impl ErrorCode {
             ErrorCode::BeyondRetention => "beyond_retention",
             ErrorCode::TooManyPoints => "too_many_points",
             ErrorCode::WindowsDisabled => "windows_disabled",
+            ErrorCode::OutcomeUnknown => "outcome_unknown",
         }
     }
 }
@@ -183,7 +189,7 @@ mod tests {
 
     /// The wire numbers and names, written out by hand. A reordered, renumbered or renamed code
     /// fails here: clients in the field branch on these numbers.
-    const EXPECTED: [(ErrorCode, u16, &str); 30] = [
+    const EXPECTED: [(ErrorCode, u16, &str); 31] = [
         (ErrorCode::BadFrame, 1, "bad_frame"),
         (ErrorCode::FrameTooLarge, 2, "frame_too_large"),
         (ErrorCode::TooManyOps, 3, "too_many_ops"),
@@ -214,6 +220,7 @@ mod tests {
         (ErrorCode::BeyondRetention, 28, "beyond_retention"),
         (ErrorCode::TooManyPoints, 29, "too_many_points"),
         (ErrorCode::WindowsDisabled, 30, "windows_disabled"),
+        (ErrorCode::OutcomeUnknown, 31, "outcome_unknown"),
     ];
 
     #[test]

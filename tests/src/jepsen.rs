@@ -56,7 +56,9 @@ impl Outcome {
 
 /// Wire codes after which a write may or may not have been applied.
 pub fn outcome_unknown(code: u16) -> bool {
-    code == ErrorCode::ReplicasUnavailable as u16 || code == ErrorCode::LogPoisoned as u16
+    code == ErrorCode::ReplicasUnavailable as u16
+        || code == ErrorCode::LogPoisoned as u16
+        || code == ErrorCode::OutcomeUnknown as u16
 }
 
 /// One send of one keyed increment.
