@@ -254,7 +254,7 @@ mod tests {
             None,
             "0 is the success status, never an error code"
         );
-        assert_eq!(ErrorCode::from_u16(31), None);
+        assert_eq!(ErrorCode::from_u16(32), None);
         assert_eq!(ErrorCode::from_u16(u16::MAX), None);
     }
 
