@@ -41,7 +41,8 @@ pub struct Slot {
 }
 
 impl Slot {
-    fn new(tag: &str) -> Slot {
+    /// A fresh directory and a free block of ports for `SHARDS` shards.
+    pub fn new(tag: &str) -> Slot {
         Slot {
             port: free_block(SHARDS + 1),
             dir: DataDir::new(tag),
@@ -215,37 +216,9 @@ impl Cluster {
         );
     }
 
-    /// Waits until node `primary` takes writes on every shard: a primary refuses them
-    /// (`not_primary`) until a replica has confirmed its epoch on that shard, which happens some
-    /// time after the stream's `connected` figure turns 1. Probes with one unkeyed increment of a
-    /// `probe:` counter per shard (names the tests never check).
+    /// Waits until node `primary` takes writes on every shard (`wait_writable_at`).
     pub fn wait_writable(&self, primary: usize) {
-        let addr = self.addr(primary);
-        let mut connection: Option<Client> = None;
-        for shard in 0..SHARDS {
-            let probe = (0..)
-                .map(|i| format!("probe:{i}"))
-                .find(|name| tally_proto::shard_of(name.as_bytes(), SHARDS) == shard)
-                .expect("some name hashes to every shard");
-            wait_for(
-                &format!("{addr} to take writes on shard {shard}"),
-                CATCH_UP_TIMEOUT,
-                || {
-                    if connection.is_none() {
-                        connection = client(&addr, Duration::from_secs(10)).ok();
-                    }
-                    match connection.as_mut()?.incr(&probe, 1) {
-                        Ok(_) => Some(()),
-                        Err(e) => {
-                            if e.is_connection() {
-                                connection = None;
-                            }
-                            None
-                        }
-                    }
-                },
-            );
-        }
+        wait_writable_at(&self.addr(primary), CATCH_UP_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// `wait_connected` for both replicas, then `wait_writable`.
@@ -275,6 +248,49 @@ impl Cluster {
             (replica_lsns == primary_lsns).then_some(primary_lsns)
         })
     }
+}
+
+/// Waits until the node at `addr` takes writes on every shard: a primary refuses them
+/// (`not_primary`) until a replica has confirmed its epoch on that shard, which happens some time
+/// after the stream's `connected` figure turns 1. Probes with one unkeyed increment of a `probe:`
+/// counter per shard (names the tests never check). An error naming the shard and the last refusal
+/// after `timeout`.
+pub fn wait_writable_at(addr: &str, timeout: Duration) -> Result<(), String> {
+    let mut connection: Option<Client> = None;
+    for shard in 0..SHARDS {
+        let probe = (0..)
+            .map(|i| format!("probe:{i}"))
+            .find(|name| tally_proto::shard_of(name.as_bytes(), SHARDS) == shard)
+            .expect("some name hashes to every shard");
+        let deadline = std::time::Instant::now() + timeout;
+        let mut last = String::from("no attempt");
+        loop {
+            if connection.is_none() {
+                match client(addr, Duration::from_secs(10)) {
+                    Ok(c) => connection = Some(c),
+                    Err(e) => last = format!("connect: {e}"),
+                }
+            }
+            if let Some(c) = connection.as_mut() {
+                match c.incr(&probe, 1) {
+                    Ok(_) => break,
+                    Err(e) => {
+                        last = e.to_string();
+                        if e.is_connection() {
+                            connection = None;
+                        }
+                    }
+                }
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(format!(
+                    "{addr} took no write on shard {shard} within {timeout:?}; last: {last}"
+                ));
+            }
+            std::thread::sleep(crate::POLL_INTERVAL);
+        }
+    }
+    Ok(())
 }
 
 /// A client for tests: no automatic retries (every outcome reaches the test), replies awaited

@@ -22,6 +22,8 @@ use tally_proto::limits::FRAME_HEADER_BYTES;
 use tally_proto::{decode_reply_op, FrameBuilder, FrameHeader, FrameKind, ReplyOp, Request};
 
 pub mod cluster;
+pub mod faults;
+pub mod group;
 pub mod jepsen;
 pub mod ports;
 pub mod proxy;
@@ -82,6 +84,46 @@ pub fn tallyd_path() -> PathBuf {
     path
 }
 
+/// How `Server::launch` starts a `tallyd`.
+pub struct Launch<'a> {
+    /// The working directory (a relative `data_dir` is relative to it); the test's when `None`.
+    pub cwd: Option<&'a std::path::Path>,
+    pub data_dir: PathBuf,
+    /// More flags (`--listen` among them to choose the address; else a free port).
+    pub extra: &'a [&'a str],
+    /// `--log-level`.
+    pub log_level: &'a str,
+    /// Append the node's stderr (its log) to this file; the test's stderr when `None`.
+    pub log: Option<&'a std::path::Path>,
+}
+
+impl Default for Launch<'_> {
+    fn default() -> Self {
+        Launch {
+            cwd: None,
+            data_dir: PathBuf::new(),
+            extra: &[],
+            log_level: "warn",
+            log: None,
+        }
+    }
+}
+
+/// Lines of a node's log quoted when it fails to start.
+pub const LOG_TAIL_LINES: usize = 40;
+
+/// The last `lines` lines of the file at `path` (or why it cannot be read).
+pub fn log_tail(path: &std::path::Path, lines: usize) -> String {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            let all: Vec<&str> = text.lines().collect();
+            all[all.len().saturating_sub(lines)..].join("\n")
+        }
+        Err(e) => format!("(cannot read {}: {e})", path.display()),
+    }
+}
+
 /// A running `tallyd` child process.
 pub struct Server {
     child: Option<Child>,
@@ -119,23 +161,46 @@ impl Server {
 
     /// `start_in`, run from `cwd` (so a relative `data_dir` is relative to it).
     pub fn start_in_cwd(cwd: Option<&std::path::Path>, data_dir: PathBuf, extra: &[&str]) -> Server {
+        Server::launch(&Launch {
+            cwd,
+            data_dir,
+            extra,
+            ..Launch::default()
+        })
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Starts a `tallyd` as `launch` says and waits until ready. An error (not a panic) when it
+    /// exits or stays silent instead: the exit status and, with `launch.log`, the log's last lines.
+    pub fn launch(launch: &Launch<'_>) -> Result<Server, String> {
         let mut command = Command::new(tallyd_path());
-        if let Some(cwd) = cwd {
+        if let Some(cwd) = launch.cwd {
             command.current_dir(cwd);
         }
         // A free port unless the test chose one (to restart a node on the same address).
-        if !extra.contains(&"--listen") {
+        if !launch.extra.contains(&"--listen") {
             command.args(["--listen", "127.0.0.1:0"]);
         }
+        let stderr = match launch.log {
+            Some(path) => {
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|e| format!("open log {}: {e}", path.display()))?;
+                Stdio::from(file)
+            }
+            None => Stdio::inherit(),
+        };
         command
             // Small segments: each shard preallocates two, and tests start many nodes.
-            .args(["--log-level", "warn", "--segment-mib", "2", "--data-dir"])
-            .arg(&data_dir)
-            .args(extra)
+            .args(["--log-level", launch.log_level, "--segment-mib", "2", "--data-dir"])
+            .arg(&launch.data_dir)
+            .args(launch.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        let mut child = command.spawn().expect("spawn tallyd");
+            .stderr(stderr);
+        let mut child = command.spawn().map_err(|e| format!("spawn tallyd: {e}"))?;
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -146,41 +211,71 @@ impl Server {
             // Keep draining so the child never blocks on a full pipe.
             for _ in lines {}
         });
+        let log_tail = || match launch.log {
+            Some(path) => format!("; the end of {}:\n{}", path.display(), log_tail(path, LOG_TAIL_LINES)),
+            None => String::new(),
+        };
         let line = match rx.recv_timeout(START_TIMEOUT) {
             Ok(line) => line,
             Err(_) => {
                 let _ = child.kill();
                 let status = child.wait().ok();
-                panic!("tallyd did not print its ready line within {START_TIMEOUT:?} (exit: {status:?})");
+                return Err(format!(
+                    "tallyd did not print its ready line within {START_TIMEOUT:?} (exit: {status:?}){}",
+                    log_tail()
+                ));
             }
         };
-        assert!(line.starts_with("tallyd ready "), "unexpected first line: {line}");
+        if !line.starts_with("tallyd ready ") {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("unexpected first line: {line}{}", log_tail()));
+        }
         let field = |key: &str| {
             line.split_whitespace()
                 .find_map(|f| f.strip_prefix(key).map(str::to_string))
-                .unwrap_or_else(|| panic!("ready line lacks {key}: {line}"))
+                .ok_or_else(|| format!("ready line lacks {key}: {line}"))
         };
-        let addr = field("listen=");
-        let shard_ports = field("shard_ports=")
+        let addr = field("listen=")?;
+        let shard_ports = field("shard_ports=")?
             .split(',')
-            .map(|p| p.parse().expect("port"))
-            .collect();
+            .map(|p| p.parse().map_err(|e| format!("shard port {p:?}: {e}")))
+            .collect::<Result<_, String>>()?;
         let unix_socket = line
             .split_whitespace()
             .find_map(|f| f.strip_prefix("unix="))
             .map(PathBuf::from);
-        Server {
+        Ok(Server {
             child: Some(child),
             owned_dir: None,
             addr,
             shard_ports,
-            data_dir,
+            data_dir: launch.data_dir.clone(),
             unix_socket,
-        }
+        })
     }
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
+    }
+
+    /// SIGSTOP: the process stops running; its sockets stay open, so peers see silence.
+    pub fn pause(&self) {
+        // SAFETY: kill(2) on our own child's pid.
+        let done = unsafe { libc::kill(self.pid() as i32, libc::SIGSTOP) };
+        assert_eq!(done, 0, "SIGSTOP {}", self.pid());
+    }
+
+    /// SIGCONT: a paused process runs again.
+    pub fn resume(&self) {
+        // SAFETY: kill(2) on our own child's pid.
+        let done = unsafe { libc::kill(self.pid() as i32, libc::SIGCONT) };
+        assert_eq!(done, 0, "SIGCONT {}", self.pid());
+    }
+
+    /// The exit status if the process has exited on its own (without waiting).
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().expect("running").try_wait().expect("wait")
     }
 
     /// Sends SIGTERM and waits (bounded) for a clean exit; returns the exit code.
