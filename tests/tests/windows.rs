@@ -231,6 +231,63 @@ fn code_of(reply: RawReply) -> u16 {
     }
 }
 
+/// protocol.md §13: a WINDOW or SERIES sum that leaves i64 is `Overflow`, never a clamped number.
+/// One frame (one second, most likely) takes a counter up by i64::MAX twice with a RESET between,
+/// another down by i64::MIN twice: their increments in that second sum beyond i64.
+#[test]
+fn window_and_series_sums_beyond_i64_answer_overflow() {
+    let server = Server::start(&["--shards", "2"]);
+    let mut conn = RawConn::connect(&server.addr);
+    let incr = |name, delta| Request::Incr { name, delta, key: None };
+    let reset = |name| Request::Reset {
+        name,
+        value: 0,
+        reason: b"make room",
+    };
+    let writes = [
+        incr(b"o:up", i64::MAX),
+        reset(b"o:up"),
+        incr(b"o:up", i64::MAX),
+        incr(b"o:down", i64::MIN),
+        reset(b"o:down"),
+        incr(b"o:down", i64::MIN),
+        incr(b"o:fine", 5),
+    ];
+    let started_ms = now_ms();
+    match conn.call(&writes) {
+        RawReply::Ops(ops) => {
+            for op in ops {
+                assert!(op.result.is_ok(), "{op:?}");
+            }
+        }
+        RawReply::Refused { code, message } => panic!("refused {code}: {message}"),
+    }
+    for name in [&b"o:up"[..], b"o:down"] {
+        let window = Request::Window {
+            name,
+            last: 60,
+            unit: WindowUnit::Second,
+        };
+        assert_eq!(code_of(conn.call(&[window])), ErrorCode::Overflow as u16);
+        let series = Request::Series {
+            name,
+            from_ms: started_ms - 2_000,
+            to_ms: now_ms() + 1_000,
+            step: SeriesStep::Second,
+        };
+        assert_eq!(code_of(conn.call(&[series])), ErrorCode::Overflow as u16);
+    }
+    let window = Request::Window {
+        name: b"o:fine",
+        last: 60,
+        unit: WindowUnit::Second,
+    };
+    match conn.call(&[window]) {
+        RawReply::Ops(ops) => assert!(matches!(ops[0].result, Ok(Reply::Window { value: 5, .. })), "{ops:?}"),
+        RawReply::Refused { code, message } => panic!("refused {code}: {message}"),
+    }
+}
+
 #[test]
 fn bad_history_requests_get_their_documented_codes() {
     let server = Server::start(&["--shards", "2"]);
