@@ -187,3 +187,22 @@ fn spec_says_a_short_length_prefix_gets_an_error_frame_then_a_close() {
         "§7's bad_frame row: {row}"
     );
 }
+
+/// §14 must say what the dedup check covers: the owner shard's set only, so reusing a key with a
+/// name of another shard is applied (tests/tests/sdk.rs shows it against a node).
+#[test]
+fn spec_says_dedup_is_per_owner_shard() {
+    let spec = spec();
+    let section = spec
+        .split("## 14. Idempotency keys")
+        .nth(1)
+        .and_then(|rest| rest.split("## 15.").next())
+        .expect("§14");
+    for words in [
+        "Dedup is per owner shard",
+        "**owned by another shard**: not detected",
+        "applied as a fresh one",
+    ] {
+        assert!(section.contains(words), "§14 lacks `{words}`");
+    }
+}
