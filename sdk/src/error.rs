@@ -86,6 +86,16 @@ impl Error {
         self.error_code() == Some(ErrorCode::NotFound)
     }
 
+    /// For `history_not_held` (EVENTS, AUDIT): the earliest `from_ms` from which the node holds
+    /// the history completely (the error's `current`). Asking again from there gets a complete
+    /// answer for the rest of the range; what lies before is not on this node (ask the primary).
+    pub fn history_held_from_ms(&self) -> Option<u64> {
+        match self.error_code() {
+            Some(ErrorCode::HistoryNotHeld) => self.current().and_then(|ms| u64::try_from(ms).ok()),
+            _ => None,
+        }
+    }
+
     /// True for transport failures (`Io`, `Timeout`, `Closed`): the op may or may not have been
     /// applied. These are the failures a retry with the same idempotency key resolves.
     pub fn is_connection(&self) -> bool {
@@ -284,6 +294,22 @@ mod tests {
                 "{code:?}: {row}"
             );
         }
+    }
+
+    #[test]
+    fn history_not_held_carries_the_first_time_held() {
+        let error = Error::Server {
+            code: ErrorCode::HistoryNotHeld as u16,
+            current: Some(1_700_000_000_001),
+            message: String::new(),
+        };
+        assert_eq!(error.history_held_from_ms(), Some(1_700_000_000_001));
+        let retention = Error::Server {
+            code: ErrorCode::BeyondRetention as u16,
+            current: Some(5),
+            message: String::new(),
+        };
+        assert_eq!(retention.history_held_from_ms(), None);
     }
 
     #[test]
