@@ -42,6 +42,10 @@ pub enum WalError {
         detail: String,
         lsn_last: u64,
         lsn_acked: u64,
+        /// When the damage is a truncated segment: the size it was preallocated with (extending
+        /// the file back to it with zeros turns the cut into a clean end, for an operator who
+        /// accepts the loss).
+        segment_bytes_truncated_from: Option<u64>,
     },
     /// A byte image (record, batch, header, snapshot) is not valid.
     #[error("invalid {what}: {detail}")]

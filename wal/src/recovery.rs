@@ -243,6 +243,7 @@ pub fn recover_from_snapshot(
             detail,
             lsn_last,
             lsn_acked,
+            segment_bytes_truncated_from: None,
         });
     }
     Ok(recovered)
@@ -453,13 +454,16 @@ fn scan(
                     detail,
                     lsn_last,
                     lsn_acked,
+                    segment_bytes_truncated_from: Some(header.segment_bytes),
                 });
             }
             return Err(WalError::corruption(
                 name,
                 end.offset(),
                 format!(
-                    "{detail}; its records end at lsn {lsn_last}, at or above the acknowledged mark {lsn_acked}, but records after it may have been acknowledged since the mark was written"
+                    "{detail}; its records end at lsn {lsn_last}, at or above the acknowledged mark {lsn_acked}, but records after it may have been acknowledged since the mark was written (to accept that loss, extend the file back to {} bytes with zeros: truncate -s {} FILE)",
+                    header.segment_bytes,
+                    header.segment_bytes
                 ),
             ));
         }
