@@ -437,7 +437,7 @@ async fn serve_frame(conn: &Rc<Conn>, header: &FrameHeader, body: &[u8]) {
             {
                 Applied::Done(outcome) => {
                     // Only writes this shard applied wait for this shard's log.
-                    if is_write(&op) {
+                    if is_write(&op) && !crate::shard::refused_by_the_log(&outcome) {
                         wrote = true;
                         let name = op.name().expect("writes name a counter");
                         mode = crate::replication::strongest(mode, shard.repl.settings.ack_mode_for(name));

@@ -8,6 +8,7 @@
 //!
 //! Used as the `tallyd` binary, or in-process through `Node::start` (sidecar-as-a-library).
 
+pub mod ack_mark;
 pub mod config;
 pub mod connection;
 pub mod durability;

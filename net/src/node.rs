@@ -850,23 +850,12 @@ async fn run_shard(start: ShardStart) {
         Ok(wal) => wal,
         Err(e) => return fail(e),
     };
-    // Records recovery's reconcile produced go first; commits make them durable.
-    for (lsn, record) in &pending {
-        loop {
-            match wal.room() {
-                Room::Ready => break,
-                Room::DiskFull => {
-                    return fail(format!("shard {shard}: the disk is full: cannot log recovery's merges"))
-                }
-                _ => {
-                    if let Err(e) = wal.commit_batch(now_ms()).await {
-                        return fail(format!("shard {shard}: logging recovery's merges: {e}"));
-                    }
-                }
-            }
-        }
-        wal.append(*lsn, &record.record());
-    }
+    // Records recovery's reconcile produced go first; commits make them durable. On a full disk
+    // the rest wait for space, with new writes held back (reads are served meanwhile).
+    let pending_appended = match crate::recovery::append_pending(shard, &dir, &wal, &pending).await {
+        Ok(appended) => appended,
+        Err(e) => return fail(e),
+    };
     let stream = stream.unwrap_or_default();
     let lsn = engine.lsn();
     let ship_log = ship_log.unwrap_or_else(|| ShipLog::new(lsn + 1, crate::replication::SHIP_LOG_BYTES_MAX));
@@ -930,8 +919,17 @@ async fn run_shard(start: ShardStart) {
     shared.lsn_durable[shard as usize].store(runtime.durable.lsn_durable(), Ordering::Release);
     let commit_task = glommio::spawn_local(commit_loop(runtime.clone()));
     let maintain_task = glommio::spawn_local(maintain_loop(runtime.clone()));
+    let mark_task = glommio::spawn_local(crate::ack_mark::mark_loop(runtime.clone()));
     if !pending.is_empty() {
         runtime.commit_wake.signal(1);
+    }
+    if pending_appended < pending.len() {
+        glommio::spawn_local(crate::recovery::append_pending_when_space(
+            runtime.clone(),
+            pending,
+            pending_appended,
+        ))
+        .detach();
     }
     let snapshot_task = glommio::spawn_local(snapshot_loop(runtime.clone(), settings.clone()));
     spawn_request_receivers(&runtime, request_rx);
@@ -989,6 +987,7 @@ async fn run_shard(start: ShardStart) {
     runtime.commit_wake.signal(1);
     commit_task.await;
     maintain_task.cancel().await;
+    mark_task.cancel().await;
     snapshot_task.cancel().await;
     log!(Level::Debug, "shard {shard} stopped");
 }

@@ -3,22 +3,30 @@
 //! split-counter slots into their owners. Runs on the main thread with plain file reads; the
 //! records reconcile produces are held until each shard's log is open and appended first.
 //!
-//! A bad record followed by valid ones (corruption) or a log that does not fit the state refuses to
-//! start, naming the file and offset: a node never serves a wrong value.
+//! A bad record followed by valid ones (corruption), a log that ends below its acknowledged mark
+//! (acknowledged records lost to damage), or a log that does not fit the state refuses to start,
+//! naming the file, the offset, the lsns known lost and what the operator can do: a node never
+//! serves a wrong value, and never silently drops an acknowledged write.
+//!
+//! Also here: appending reconcile's records to the freshly opened log before any new write, which
+//! on a full disk waits for space with writes held back (`append_pending`).
 
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
 use tally_engine::log::owned::{Owned, Recorder};
 use tally_engine::log::LogSink;
 use tally_engine::{reconcile, Shard, ShardConfig, SplitRegistry};
-use tally_wal::{recover_from_snapshot, FsDir, Recovered};
+use tally_wal::{recover_from_snapshot, DmaStorage, FsDir, Recovered, Room, Wal, WalError, ACK_MARK_FILE_NAME};
 
+use crate::connection::now_ms;
 use crate::log;
 use crate::log::Level;
 use crate::replication::ship_log::ShipLog;
+use crate::shard::ShardRuntime;
 
 /// One shard, recovered and ready to be moved onto its executor.
 pub struct RecoveredShard {
@@ -129,6 +137,110 @@ pub fn recover_node(
         .collect())
 }
 
+/// The error that stops the node when a shard's log cannot be recovered: what was found, what is
+/// known lost, and what the operator can do about it.
+fn refusal(shard: u16, dir: &Path, error: &WalError) -> String {
+    let dir = dir.display();
+    match error {
+        WalError::AckedLost {
+            file,
+            offset,
+            detail,
+            lsn_last,
+            lsn_acked,
+            segment_bytes_truncated_from,
+        } => {
+            let extend = segment_bytes_truncated_from.map_or(String::new(), |bytes| {
+                format!(", extend the truncated segment back to its size (`truncate -s {bytes} {dir}/{file}`)")
+            });
+            format!(
+                "shard {shard}: REFUSING TO START: acknowledged writes are lost. The log in {dir} ends at lsn {lsn_last} ({detail}: {file} at byte {offset}), but its acknowledged mark says every lsn up to {lsn_acked} was durable: lsns {}..={lsn_acked} of shard {shard} ({} records) may have been acknowledged and are gone. Nothing on disk was changed. \
+                 What you can do: on a replica, move the shard aside (`mv {dir} {dir}.damaged && mkdir {dir}`) and restart: the primary resynchronises it with a snapshot. On a primary, promote a replica that holds these lsns and restart this node as its replica with the shard moved aside. To accept the loss and serve what is left instead: move the mark aside (`mv {dir}/{ACK_MARK_FILE_NAME} {dir}/{ACK_MARK_FILE_NAME}.damaged`){extend} and restart; the damaged tail is then cut and logged.",
+                lsn_last + 1,
+                lsn_acked - lsn_last,
+            )
+        }
+        WalError::Corruption { .. } => format!(
+            "shard {shard}: REFUSING TO START: {error} (in {dir}). Nothing on disk was changed. What you can do: restore the shard from a replica (on a replica, move it aside: `mv {dir} {dir}.damaged && mkdir {dir}`, and restart; the primary resynchronises it with a snapshot) or from a backup, or accept the loss by hand as docs/wal.md describes."
+        ),
+        other => format!("recovering shard {shard} in {dir}: {other}"),
+    }
+}
+
+/// Appends the records recovery's reconcile produced (`RecoveredShard::pending`) to the freshly
+/// opened log, before any new write, committing whenever the open batch fills. Returns how many
+/// were appended: all of them, unless the disk is full (no room left in the last segment and none
+/// for a next one). Then the log holds every new write back (`Wal::hold_writes`: they are refused
+/// with disk_full, reads are served) and `append_pending_when_space` appends the rest once
+/// maintenance finds space: a restart on a full disk serves reads instead of exiting or hanging.
+pub async fn append_pending(
+    shard: u16,
+    dir: &Path,
+    wal: &Wal<DmaStorage>,
+    pending: &[(u64, Owned)],
+) -> Result<usize, String> {
+    for (appended, (lsn, record)) in pending.iter().enumerate() {
+        loop {
+            match wal.room_held() {
+                Room::Ready => break,
+                Room::DiskFull => {
+                    wal.hold_writes(true);
+                    log!(
+                        Level::Error,
+                        "shard {shard}: the disk is full: {} records of recovery's split-counter merges wait for log space in {}; reads are served, writes are refused with disk_full until space returns",
+                        pending.len() - appended,
+                        dir.display()
+                    );
+                    return Ok(appended);
+                }
+                _ => {
+                    wal.commit_batch(now_ms())
+                        .await
+                        .map_err(|e| format!("shard {shard}: logging recovery's merges: {e}"))?;
+                }
+            }
+        }
+        wal.append(*lsn, &record.record());
+    }
+    Ok(pending.len())
+}
+
+/// The rest of `append_pending`: appends `pending[from..]` as soon as the log has room (woken by
+/// every change of the durable watch, which maintenance notifies after each attempt to prepare a
+/// segment), then lets writes in again.
+pub async fn append_pending_when_space(runtime: Rc<ShardRuntime>, pending: Vec<(u64, Owned)>, from: usize) {
+    let shard = runtime.id;
+    assert!(
+        runtime.wal.is_held(),
+        "writes are held until recovery's records are logged"
+    );
+    let mut next = from;
+    while next < pending.len() {
+        if runtime.durable.fault().is_some() {
+            return;
+        }
+        match runtime.wal.room_held() {
+            Room::Ready => {
+                let (lsn, record) = &pending[next];
+                runtime.wal.append(*lsn, &record.record());
+                next += 1;
+                runtime.commit_wake.signal(1);
+                continue;
+            }
+            // Maintenance tries again every WAL_MAINTAIN_MS and notifies the watch each time.
+            Room::DiskFull => {}
+            _ => runtime.commit_wake.signal(1),
+        }
+        runtime.durable.changed().await;
+    }
+    runtime.wal.hold_writes(false);
+    runtime.durable.notify();
+    log!(
+        Level::Info,
+        "shard {shard}: space returned: recovery's split-counter merges are logged; writes are accepted again"
+    );
+}
+
 /// Recovers one shard: its snapshot, then its log replayed into the engine.
 fn recover_shard(
     data_dir: &Path,
@@ -186,7 +298,7 @@ fn recover_shard(
             }
         },
     )
-    .map_err(|e| format!("recovering shard {shard} in {}: {e}", dir.display()))?;
+    .map_err(|e| refusal(shard, &dir, &e))?;
     let (engine, failure) = state.into_inner();
     if let Some(failure) = failure {
         return Err(failure);
@@ -197,12 +309,37 @@ fn recover_shard(
         log
     });
     if let Some(torn) = &recovered.torn_tail {
+        let bound = if recovered.ack_mark.is_some() {
+            format!(
+                "at or above the acknowledged mark {}, so no write known to be acknowledged was lost",
+                recovered.lsn_acked
+            )
+        } else {
+            "and there is no acknowledged mark to check it against".to_string()
+        };
         log!(
             Level::Warn,
-            "shard {shard}: torn tail in {} at byte {} ({}): truncated; nothing after it was acknowledged",
+            "shard {shard}: torn tail in {} at byte {} ({}): cut bytes {}..{}; the log ends at lsn {}, {bound}",
             torn.file,
             torn.offset,
-            torn.detail
+            torn.detail,
+            torn.offset,
+            torn.damaged_to,
+            recovered.lsn_last()
+        );
+    }
+    if !recovered.ack_mark_damaged.is_empty() {
+        let unknown = recovered.ack_mark.is_none();
+        log!(
+            if unknown { Level::Error } else { Level::Warn },
+            "shard {shard}: {}/{ACK_MARK_FILE_NAME}: ignored {}{}",
+            dir.display(),
+            recovered.ack_mark_damaged.join("; "),
+            if unknown {
+                ": no valid copy, so this recovery could not check the log's end against what was acknowledged"
+            } else {
+                ""
+            }
         );
     }
     for (file, why) in &recovered.bad_snapshots {

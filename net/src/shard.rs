@@ -434,18 +434,19 @@ impl ShardRuntime {
         for (_, op) in iter.by_ref() {
             let outcome = match op {
                 Ok(op) => {
-                    if is_write(&op) {
-                        wrote = true;
-                        let name = op.name().expect("writes name a counter");
-                        mode = crate::replication::strongest(mode, self.repl.settings.ack_mode_for(name));
-                    }
-                    match self.apply_logged(&op, &ctx).await {
+                    let outcome = match self.apply_logged(&op, &ctx).await {
                         Applied::Done(outcome) => outcome,
                         Applied::Forward(to) => Err(Failure::new(
                             ErrorCode::Internal,
                             format!("shard {} was sent an op it forwards to {to}", self.id),
                         )),
+                    };
+                    if is_write(&op) && !refused_by_the_log(&outcome) {
+                        wrote = true;
+                        let name = op.name().expect("writes name a counter");
+                        mode = crate::replication::strongest(mode, self.repl.settings.ack_mode_for(name));
                     }
+                    outcome
                 }
                 Err(error) => Err(failure_of(error)),
             };
@@ -458,6 +459,14 @@ impl ShardRuntime {
 }
 
 /// Whether an op changes state (and so is logged, and acked only once durable).
+/// Whether a write's outcome is the log's refusal for lack of space (`disk_full`), given before the
+/// engine saw the op: nothing was applied and no state was read, so its answer waits for no fsync.
+/// (While recovery's records wait for space, the engine's lsn is ahead of the log until space
+/// returns: a refused write that waited for it would never be answered.)
+pub fn refused_by_the_log<T>(outcome: &Result<T, Failure>) -> bool {
+    matches!(outcome, Err(failure) if failure.code == ErrorCode::DiskFull)
+}
+
 pub fn is_write(op: &Request<'_>) -> bool {
     matches!(
         op,

@@ -29,6 +29,24 @@ pub enum WalError {
     /// Recovery found damage that is not a torn tail.
     #[error("log corruption in {file} at byte {offset}: {detail}")]
     Corruption { file: String, offset: u64, detail: String },
+    /// Recovery found the log ending below the acknowledged mark (`ack_mark`): records that were
+    /// durable, and may have been acknowledged, are gone. Never the result of a torn write; refuse
+    /// to start. `lsn_last + 1 ..= lsn_acked` are the lsns known lost.
+    #[error(
+        "acknowledged records lost: lsns {}..={lsn_acked} were durable (and may have been acknowledged) but the log ends at lsn {lsn_last}: {detail} in {file} at byte {offset}",
+        .lsn_last + 1
+    )]
+    AckedLost {
+        file: String,
+        offset: u64,
+        detail: String,
+        lsn_last: u64,
+        lsn_acked: u64,
+        /// When the damage is a truncated segment: the size it was preallocated with (extending
+        /// the file back to it with zeros turns the cut into a clean end, for an operator who
+        /// accepts the loss).
+        segment_bytes_truncated_from: Option<u64>,
+    },
     /// A byte image (record, batch, header, snapshot) is not valid.
     #[error("invalid {what}: {detail}")]
     Invalid { what: &'static str, detail: &'static str },

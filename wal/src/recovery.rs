@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::io::{self, Read};
 use std::path::PathBuf;
 
+use crate::ack_mark::{read_ack_mark, AckMark, ACK_MARK_FILE_NAME};
 use crate::error::WalError;
 use crate::limits::{BLOCK_BYTES, SEGMENT_HEADER_BYTES};
 use crate::record::Entry;
@@ -79,7 +80,8 @@ pub struct RecoveredSnapshot {
 
 /// A torn tail that recovery cut off: the batch at `offset` of `file` was being written when the
 /// process or machine stopped, and nothing valid follows it. Blocks `offset..damaged_to` hold its
-/// remains and are zeroed before appending continues there.
+/// remains and are zeroed before appending continues there. The log ends at `Recovered::lsn_last`,
+/// at or above the acknowledged mark (`Recovered::lsn_acked`; below it recovery refuses instead).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TornTail {
     pub file: String,
@@ -144,6 +146,16 @@ pub struct Recovered {
     /// Files to remove before appending: temporary snapshots, the preallocated next segment, and
     /// segments after a torn tail (which hold no valid batch).
     pub stale_files: Vec<String>,
+    /// The acknowledged mark's lsn (0 without a valid mark): every lsn up to it was durable before
+    /// the crash, so the recovered log reaches at least this far (recovery refuses otherwise).
+    pub lsn_acked: u64,
+    /// The newest valid copy of the mark, which the writer continues from.
+    pub ack_mark: Option<AckMark>,
+    /// Whether the mark file exists (the writer opens it, or creates it if not).
+    pub ack_mark_exists: bool,
+    /// Damaged copies of the mark that were ignored (why). One is the trace of a torn mark write;
+    /// with both damaged the bound is unknown (`lsn_acked` 0), which the node reports.
+    pub ack_mark_damaged: Vec<String>,
 }
 
 impl Recovered {
@@ -186,14 +198,67 @@ pub fn recover(src: &impl RecoverySource, shard: u16, visit: impl FnMut(&Entry<'
 /// `recover`, calling `on_snapshot` with the chosen snapshot (or `None`) once, before the first
 /// record is visited, so a caller can build its state from the snapshot and replay the records
 /// into it as they come, without holding them.
+///
+/// Fails with `AckedLost` when the log ends below the acknowledged mark: damage (a truncated or
+/// deleted segment, a zeroed or flipped block at the end) took records that were durable.
 pub fn recover_from_snapshot(
     src: &impl RecoverySource,
     shard: u16,
     on_snapshot: impl FnOnce(Option<&RecoveredSnapshot>),
-    mut visit: impl FnMut(&Entry<'_>),
+    visit: impl FnMut(&Entry<'_>),
 ) -> Result<Recovered, WalError> {
     let mut names = src.list().map_err(|e| WalError::io("list", "shard directory", e))?;
     names.sort();
+    let ack_mark_exists = names.iter().any(|n| n == ACK_MARK_FILE_NAME);
+    let ack = if ack_mark_exists {
+        read_ack_mark(&read(src, ACK_MARK_FILE_NAME)?, shard)
+    } else {
+        Default::default()
+    };
+    let lsn_acked = ack.mark.map_or(0, |m| m.lsn_acked);
+    let mut recovered = scan(src, shard, names, lsn_acked, on_snapshot, visit)?;
+    recovered.lsn_acked = lsn_acked;
+    recovered.ack_mark = ack.mark;
+    recovered.ack_mark_exists = ack_mark_exists;
+    recovered.ack_mark_damaged = ack.damaged;
+    let lsn_last = recovered.lsn_last();
+    if lsn_last < lsn_acked {
+        let (file, offset, detail) = match (&recovered.torn_tail, &recovered.append.segment) {
+            (Some(torn), _) => (torn.file.clone(), torn.offset, torn.detail.to_string()),
+            (None, Some(open)) => (
+                open.file.clone(),
+                open.offset,
+                "the newest segment ends in zeros there (a zeroed block, or a later segment file is missing)"
+                    .to_string(),
+            ),
+            (None, None) => (
+                "shard directory".to_string(),
+                0,
+                "no segment holds them (segment files are missing)".to_string(),
+            ),
+        };
+        return Err(WalError::AckedLost {
+            file,
+            offset,
+            detail,
+            lsn_last,
+            lsn_acked,
+            segment_bytes_truncated_from: None,
+        });
+    }
+    Ok(recovered)
+}
+
+/// The log's files in order, from the snapshot to the end of the log. `lsn_acked` only words the
+/// error for a truncated segment; the caller compares the result with it.
+fn scan(
+    src: &impl RecoverySource,
+    shard: u16,
+    names: Vec<String>,
+    lsn_acked: u64,
+    on_snapshot: impl FnOnce(Option<&RecoveredSnapshot>),
+    mut visit: impl FnMut(&Entry<'_>),
+) -> Result<Recovered, WalError> {
     let mut segments: Vec<(u64, String)> = Vec::new();
     let mut snapshots: Vec<(u64, String)> = Vec::new();
     let mut stale_files = Vec::new();
@@ -249,6 +314,10 @@ pub fn recover_from_snapshot(
         records_replayed: 0,
         segments: Vec::new(),
         stale_files,
+        lsn_acked: 0,
+        ack_mark: None,
+        ack_mark_exists: false,
+        ack_mark_damaged: Vec::new(),
     };
     if segments.is_empty() {
         return Ok(recovered);
@@ -368,6 +437,36 @@ pub fn recover_from_snapshot(
         recovered.records_replayed += replayed;
         lsn_next = reader.lsn_next();
         let header = *reader.header();
+        // A segment gets its name only after it was preallocated and synced (docs/wal.md, W4), so
+        // a crash never leaves one shorter than its header says: this is damage, whatever lies
+        // behind the cut, and the bytes that would tell what was lost are gone.
+        if (bytes.len() as u64) < header.segment_bytes {
+            let lsn_last = lsn_next - 1;
+            let detail = format!(
+                "the segment is {} bytes, shorter than the {} it was preallocated with: the file was truncated (damage, never a torn write)",
+                bytes.len(),
+                header.segment_bytes
+            );
+            if lsn_last < lsn_acked {
+                return Err(WalError::AckedLost {
+                    file: name.clone(),
+                    offset: end.offset(),
+                    detail,
+                    lsn_last,
+                    lsn_acked,
+                    segment_bytes_truncated_from: Some(header.segment_bytes),
+                });
+            }
+            return Err(WalError::corruption(
+                name,
+                end.offset(),
+                format!(
+                    "{detail}; its records end at lsn {lsn_last}, at or above the acknowledged mark {lsn_acked}, but records after it may have been acknowledged since the mark was written (to accept that loss, extend the file back to {} bytes with zeros: truncate -s {} FILE)",
+                    header.segment_bytes,
+                    header.segment_bytes
+                ),
+            ));
+        }
         // Whatever ended the segment, nothing valid may follow in it.
         let after = end.offset() + BLOCK_BYTES;
         if let Some(valid) = reader.find_valid_batch(after) {
@@ -420,6 +519,16 @@ pub fn recover_from_snapshot(
                 segment: Some(open),
             };
             break;
+        }
+        // A zero block where the next batch would start, but non-zero blocks behind it: the
+        // first block of a multi-block batch never reached the disk (or was zeroed). Cut, and say so.
+        if open.zero_to > open.offset && k + 1 == segments.len() {
+            recovered.torn_tail = Some(TornTail {
+                file: name.clone(),
+                offset: open.offset,
+                damaged_to: open.zero_to,
+                detail: "a zero block with non-zero blocks behind it",
+            });
         }
         recovered.append = AppendPoint {
             lsn_next,

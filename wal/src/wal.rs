@@ -8,6 +8,7 @@ use std::cell::{Cell, RefCell};
 use std::hash::{BuildHasher, Hasher};
 use std::io;
 
+use crate::ack_mark::{AckMark, ACK_MARK_BYTES, ACK_MARK_FILE_NAME};
 use crate::batch::{BatchEncoder, Room, SealedBatch, SegmentSlot};
 use crate::error::WalError;
 use crate::group_commit::GroupCommit;
@@ -76,6 +77,13 @@ struct State<F> {
     snapshots: Vec<u64>,
     disk_full: bool,
     salt_state: u64,
+    /// The acknowledged mark's file (`None` until it could be created, and after an install).
+    mark: Option<F>,
+    /// The sequence of the last mark written (the next write is one more) and its lsn.
+    mark_sequence: u64,
+    lsn_marked: u64,
+    /// The block a mark write is encoded in, kept between writes.
+    mark_block: Vec<u8>,
 }
 
 /// Resets a flag when a call ends, however it ends.
@@ -100,8 +108,10 @@ impl Drop for Busy<'_> {
 /// Use: `append` (or the `LogSink` impl on `&Wal`) for each record as the engine applies ops;
 /// `commit_batch` from the group-commit loop, one at a time, acking the ops up to the lsn it returns;
 /// `maintain` from a task of its own (preallocates the next segment, applies retention; it may run
-/// while a commit is in flight, so a slow preallocation never holds acks back); `write_snapshot` with
-/// the engine's state as of a durable lsn. Before applying an op, check `room()`.
+/// while a commit is in flight, so a slow preallocation never holds acks back); `write_ack_mark` from
+/// a task of its own after commits (it records the durable lsn for recovery to check against, off
+/// the ack path); `write_snapshot` with the engine's state as of a durable lsn. Before applying an
+/// op, check `room()`.
 #[derive(Debug)]
 pub struct Wal<S: Storage> {
     storage: S,
@@ -116,6 +126,9 @@ pub struct Wal<S: Storage> {
     /// spare's file name is in use, so maintenance must not create a new spare meanwhile.
     rotating: Cell<bool>,
     snapshotting: Cell<bool>,
+    marking: Cell<bool>,
+    /// Writes are held back (see `hold_writes`).
+    held: Cell<bool>,
 }
 
 fn is_enospc(e: &io::Error) -> bool {
@@ -205,6 +218,10 @@ impl<S: Storage> Wal<S> {
                 snapshots: recovered.snapshot_lsns.clone(),
                 disk_full: false,
                 salt_state,
+                mark: None,
+                mark_sequence: recovered.ack_mark.map_or(0, |m| m.sequence),
+                lsn_marked: recovered.lsn_acked,
+                mark_block: vec![0u8; BLOCK_BYTES as usize],
             }),
             storage,
             config,
@@ -213,7 +230,26 @@ impl<S: Storage> Wal<S> {
             maintaining: Cell::new(false),
             rotating: Cell::new(false),
             snapshotting: Cell::new(false),
+            marking: Cell::new(false),
+            held: Cell::new(false),
         };
+        assert!(
+            recovered.lsn_acked <= lsn_last,
+            "recovery refuses a log that ends below its mark"
+        );
+        // Continue a readable mark; replace one that has no valid copy (its sequence restarts).
+        if recovered.ack_mark_exists && recovered.ack_mark.is_some() {
+            let file = wal
+                .storage
+                .open(ACK_MARK_FILE_NAME)
+                .await
+                .map_err(|e| WalError::io("open", ACK_MARK_FILE_NAME, e))?;
+            wal.state.borrow_mut().mark = Some(file);
+        }
+        match wal.prepare_ack_mark().await {
+            Ok(()) | Err(WalError::DiskFull) => {}
+            Err(e) => return Err(e),
+        }
         match wal.prepare_next_segment().await {
             Ok(()) | Err(WalError::DiskFull) => Ok(wal),
             Err(e) => Err(e),
@@ -225,13 +261,37 @@ impl<S: Storage> Wal<S> {
     }
 
     /// Whether an op may be applied now (see `Room`). The node checks this before applying each op.
+    /// `DiskFull` while writes are held (`hold_writes`).
     pub fn room(&self) -> Room {
+        if self.held.get() {
+            return Room::DiskFull;
+        }
         self.encoder.borrow().room()
     }
 
     /// `room` for records of up to `bytes` in all, e.g. everything one engine tick may log.
     pub fn room_for(&self, bytes: u64) -> Room {
+        if self.held.get() {
+            return Room::DiskFull;
+        }
         self.encoder.borrow().room_for(bytes)
+    }
+
+    /// Holds every new write back (`room` says `DiskFull` and `is_disk_full` is true) while records
+    /// that must be logged first wait for space: recovery's split-counter merges, on a restart
+    /// with a full disk. Their writer asks `room_held` and appends them, then releases the hold.
+    pub fn hold_writes(&self, held: bool) {
+        self.held.set(held);
+    }
+
+    /// Whether writes are held back (`hold_writes`).
+    pub fn is_held(&self) -> bool {
+        self.held.get()
+    }
+
+    /// What `room` would say without the hold: for the records the hold waits for.
+    pub fn room_held(&self) -> Room {
+        self.encoder.borrow().room()
     }
 
     /// True when a write or sync failed: nothing more is written or acknowledged; restart to recover.
@@ -239,9 +299,10 @@ impl<S: Storage> Wal<S> {
         self.poisoned.get()
     }
 
-    /// True when the last attempt to preallocate the next segment ran out of space.
+    /// True when the last attempt to preallocate the next segment ran out of space, or while
+    /// writes are held for lack of space (`hold_writes`).
     pub fn is_disk_full(&self) -> bool {
-        self.state.borrow().disk_full
+        self.held.get() || self.state.borrow().disk_full
     }
 
     /// Bytes in the open batch; the caller commits before `room()` says `SealFirst`.
@@ -261,7 +322,16 @@ impl<S: Storage> Wal<S> {
 
     /// Whether a commit, maintenance or snapshot is running (see `install_snapshot`).
     pub fn is_busy(&self) -> bool {
-        self.committing.get() || self.maintaining.get() || self.snapshotting.get() || self.rotating.get()
+        self.committing.get()
+            || self.maintaining.get()
+            || self.snapshotting.get()
+            || self.rotating.get()
+            || self.marking.get()
+    }
+
+    /// The lsn the acknowledged mark on disk holds (0 without one).
+    pub fn lsn_marked(&self) -> u64 {
+        self.state.borrow().lsn_marked
     }
 
     /// The segment files on disk, oldest first.
@@ -403,8 +473,97 @@ impl<S: Storage> Wal<S> {
         }
         let _busy = Busy::enter(&self.maintaining, "maintain");
         let prepared = self.prepare_next_segment().await;
+        // Without space for the mark's two blocks the log runs unmarked (recovery's bound stays
+        // where it was) until a later call finds the space.
+        match self.prepare_ack_mark().await {
+            Ok(()) | Err(WalError::DiskFull) => {}
+            Err(e) => return Err(e),
+        }
         self.apply_retention(now_ms).await?;
         prepared
+    }
+
+    /// Creates the acknowledged mark's file if there is none: preallocated and zero-filled like a
+    /// segment (so a mark write changes no metadata), synced, and its name made durable.
+    async fn prepare_ack_mark(&self) -> Result<(), WalError> {
+        // An install in flight (`rotating`) replaces the log: a mark created now could be written
+        // with the lsn of the log being replaced.
+        if self.state.borrow().mark.is_some() || self.marking.get() || self.rotating.get() {
+            return Ok(());
+        }
+        let s = &self.storage;
+        let file = match s.create(ACK_MARK_FILE_NAME, ACK_MARK_BYTES).await {
+            Ok(file) => file,
+            Err(e) => {
+                let _ = s.remove(ACK_MARK_FILE_NAME).await;
+                return Err(if is_enospc(&e) {
+                    WalError::DiskFull
+                } else {
+                    WalError::io("create", ACK_MARK_FILE_NAME, e)
+                });
+            }
+        };
+        let synced = match s.sync(&file).await {
+            Ok(()) => s.sync_dir().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = synced {
+            return Err(self.poison(WalError::io("fdatasync", ACK_MARK_FILE_NAME, e)));
+        }
+        let mut state = self.state.borrow_mut();
+        state.mark = Some(file);
+        state.mark_sequence = 0;
+        Ok(())
+    }
+
+    /// Records the durable lsn in the acknowledged mark: writes the next copy (alternating between
+    /// the file's two blocks) and fdatasyncs it. Returns the lsn the mark now holds. Does nothing
+    /// when the mark already holds the durable lsn or there is no mark file yet.
+    ///
+    /// It writes another file than the commits, so it runs beside them and never delays an ack;
+    /// one at a time (a torn write then damages only the copy being written). The mark only ever
+    /// names an lsn that was durable before it was written, so recovery may treat a log that ends
+    /// below it as damage. A failed write or sync poisons the log, like a failed commit.
+    pub async fn write_ack_mark(&self, time_ms: u64) -> Result<u64, WalError> {
+        if self.poisoned.get() {
+            return Err(WalError::Poisoned);
+        }
+        let lsn = self.lsn_durable();
+        let (file, mark, mut block) = {
+            let mut state = self.state.borrow_mut();
+            let Some(file) = state.mark.clone() else {
+                return Ok(state.lsn_marked);
+            };
+            if lsn <= state.lsn_marked {
+                return Ok(state.lsn_marked);
+            }
+            let mark = AckMark {
+                shard: self.config.shard,
+                lsn_acked: lsn,
+                sequence: state.mark_sequence + 1,
+                time_ms,
+            };
+            (file, mark, std::mem::take(&mut state.mark_block))
+        };
+        let _busy = Busy::enter(&self.marking, "write_ack_mark");
+        block.resize(BLOCK_BYTES as usize, 0);
+        block.fill(0);
+        mark.encode(&mut block);
+        let s = &self.storage;
+        let written = match s.write_at(&file, mark.block() * BLOCK_BYTES, &block).await {
+            Ok(()) => s.sync(&file).await,
+            Err(e) => Err(e),
+        };
+        let mut state = self.state.borrow_mut();
+        state.mark_block = block;
+        if let Err(e) = written {
+            drop(state);
+            return Err(self.poison(WalError::io("write", ACK_MARK_FILE_NAME, e)));
+        }
+        assert!(lsn > state.lsn_marked, "the mark only moves forward");
+        state.mark_sequence = mark.sequence;
+        state.lsn_marked = lsn;
+        Ok(lsn)
     }
 
     fn salt_next(&self) -> u64 {
@@ -589,9 +748,27 @@ impl<S: Storage> Wal<S> {
             self.lsn_durable(),
             "install_snapshot with records not yet committed"
         );
+        assert!(!self.marking.get(), "install_snapshot during a mark write");
         let _busy = Busy::enter(&self.snapshotting, "install_snapshot");
         let _rotating = Busy::enter(&self.rotating, "install_snapshot");
         let s = &self.storage;
+        // The mark goes first, durably: the new log may end below it, and a crash must never leave
+        // the old mark beside the new log (recovery would refuse it as acknowledged loss). The
+        // next `maintain` creates a fresh one.
+        {
+            let mut state = self.state.borrow_mut();
+            state.mark = None;
+            state.mark_sequence = 0;
+            state.lsn_marked = 0;
+        }
+        match s.remove(ACK_MARK_FILE_NAME).await {
+            Ok(()) => s
+                .sync_dir()
+                .await
+                .map_err(|e| self.poison(WalError::io("sync_dir", "shard directory", e)))?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(self.poison(WalError::io("remove", ACK_MARK_FILE_NAME, e))),
+        }
         let names = s.list().await.map_err(|e| WalError::io("list", "shard directory", e))?;
         let doomed: Vec<String> = names
             .into_iter()

@@ -21,13 +21,31 @@ fn ops_of_complete_run() -> u64 {
     storage.ops()
 }
 
+/// Mutating storage operations of a complete run that writes the acknowledged mark.
+fn ops_of_complete_marked_run() -> u64 {
+    let storage = MemStorage::new();
+    let (wal, _, _) = open(&storage).unwrap();
+    let run = block_on(workload_marked(&wal, STEPS, 1_000));
+    assert!(!run.stopped_early);
+    assert_eq!(run.marked, run.acked);
+    storage.ops()
+}
+
 /// Crashes at op `crash_at`, recovers, checks; then appends more and checks a clean restart.
 /// Returns facts about the recovery for coverage assertions.
 fn crash_and_check(crash_at: u64, torn_seed: Option<u64>) -> (bool, bool, u64) {
-    let context = format!("crash at op {crash_at}, torn seed {torn_seed:?}");
+    crash_and_check_with(crash_at, torn_seed, false)
+}
+
+/// `crash_and_check`, with a workload that writes the acknowledged mark after every commit
+/// (`marks`): then recovery must never refuse (the mark never runs ahead of the log), and its
+/// bound is at least the last mark whose write returned.
+fn crash_and_check_with(crash_at: u64, torn_seed: Option<u64>, marks: bool) -> (bool, bool, u64) {
+    let context = format!("crash at op {crash_at}, torn seed {torn_seed:?}, marks {marks}");
     let storage = MemStorage::new();
     storage.crash_at(crash_at);
     let run = match open(&storage) {
+        Ok((wal, _, _)) if marks => block_on(workload_marked(&wal, STEPS, 1_000)),
         Ok((wal, _, _)) => block_on(workload(&wal, STEPS, 1_000)),
         Err(_) => Run::default(),
     };
@@ -35,6 +53,16 @@ fn crash_and_check(crash_at: u64, torn_seed: Option<u64>) -> (bool, bool, u64) {
     storage.crash(torn_seed);
     let (recovered, last) = recover_checked(&storage).unwrap_or_else(|e| panic!("{context}: recovery failed: {e}"));
     assert_prefix(&run, last, &recovered, &context);
+    assert!(
+        recovered.lsn_acked >= run.marked,
+        "{context}: mark {} was written, recovery's bound is {}",
+        run.marked,
+        recovered.lsn_acked
+    );
+    assert!(
+        recovered.lsn_acked <= run.acked,
+        "{context}: the mark never passes the durable lsn"
+    );
     let torn = recovered.torn_tail.is_some();
 
     // The recovered log takes new appends, and a clean restart finds all of them.
@@ -112,6 +140,20 @@ fn crash_at_every_storage_operation_with_torn_writes() {
         "torn tails were produced and cut ({torn_tails} of {runs})"
     );
     println!("torn-mode crash runs: {runs}, torn tails cut: {torn_tails}");
+}
+
+#[test]
+fn crash_at_every_storage_operation_with_the_acknowledged_mark() {
+    let ops = ops_of_complete_marked_run();
+    let mut bounded = 0;
+    for crash_at in 1..=ops {
+        for seed in [None, Some(crash_at * 8 + 1)] {
+            let (_, _, last) = crash_and_check_with(crash_at, seed, true);
+            bounded += u64::from(last > 0);
+        }
+    }
+    assert!(bounded > ops, "most crash points recover a non-empty log ({bounded})");
+    println!("marked crash runs: {}", 2 * ops);
 }
 
 #[test]

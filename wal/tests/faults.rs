@@ -211,3 +211,39 @@ fn a_snapshot_without_space_fails_without_poisoning() {
     let (recovered, _) = recover_checked(&storage).unwrap();
     assert_eq!(recovered.snapshot.unwrap().lsn, run.acked);
 }
+
+#[test]
+fn a_restart_on_a_full_disk_holds_writes_back_until_the_records_that_go_first_are_logged() {
+    // Fill the log until no segment has room and none can be preallocated, then crash.
+    let storage = MemStorage::new();
+    let (wal, _, _) = open(&storage).unwrap();
+    storage.set_capacity(Some(storage.used_bytes()));
+    let run = block_on(workload_with(&wal, 400, 1_000, false));
+    assert!(!run.stopped_early);
+    assert_eq!(wal.room(), Room::DiskFull);
+    assert!(wal.is_disk_full());
+    drop(wal);
+    storage.crash(None);
+
+    // The restart opens on the full disk: reads can be served, every write is refused.
+    let (wal, _, last) = open(&storage).unwrap();
+    assert_eq!(last, run.acked);
+    assert_eq!((wal.room(), wal.is_disk_full()), (Room::DiskFull, true));
+    // Records that must precede every new write (the node's reconcile merges) wait for space:
+    // the hold keeps writes refused even once a segment is ready, until they are appended.
+    wal.hold_writes(true);
+    storage.set_capacity(None);
+    block_on(wal.maintain(2_000_000)).unwrap();
+    assert_eq!(wal.room_held(), Room::Ready, "space returned");
+    assert_eq!(wal.room(), Room::DiskFull, "but writes are still held");
+    assert!(wal.is_disk_full());
+    wal.append(last + 1, &record_for(last + 1));
+    wal.hold_writes(false);
+    assert_eq!(wal.room(), Room::Ready);
+    let next = append_some(&wal, 3);
+    assert_eq!(block_on(wal.commit_batch(2_000_001)).unwrap(), next);
+    drop(wal);
+    storage.crash(None);
+    let (_, again) = recover_checked(&storage).unwrap();
+    assert_eq!(again, next, "the held record went first, the writes after it");
+}

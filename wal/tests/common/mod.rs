@@ -126,6 +126,8 @@ pub struct Run {
     pub acked: u64,
     /// The newest snapshot whose write returned Ok.
     pub snapshot_acked: Option<u64>,
+    /// The lsn of the newest acknowledged mark whose write returned Ok (marked workloads).
+    pub marked: u64,
     /// How the run ended: None if it ran to completion.
     pub stopped_early: bool,
 }
@@ -138,9 +140,20 @@ pub async fn workload<S: Storage>(wal: &Wal<S>, steps: u64, time_start_ms: u64) 
 
 /// `workload`, with or without snapshots.
 pub async fn workload_with<S: Storage>(wal: &Wal<S>, steps: u64, time_start_ms: u64, snapshots: bool) -> Run {
+    workload_opts(wal, steps, time_start_ms, snapshots, false).await
+}
+
+/// `workload`, writing the acknowledged mark after every commit (as the node's mark task does,
+/// here in turn with the commits rather than beside them).
+pub async fn workload_marked<S: Storage>(wal: &Wal<S>, steps: u64, time_start_ms: u64) -> Run {
+    workload_opts(wal, steps, time_start_ms, true, true).await
+}
+
+async fn workload_opts<S: Storage>(wal: &Wal<S>, steps: u64, time_start_ms: u64, snapshots: bool, marks: bool) -> Run {
     let mut run = Run {
         attempted: wal.lsn_appended(),
         acked: wal.lsn_durable(),
+        marked: wal.lsn_marked(),
         ..Run::default()
     };
     let mut time_ms = time_start_ms;
@@ -170,6 +183,17 @@ pub async fn workload_with<S: Storage>(wal: &Wal<S>, steps: u64, time_start_ms: 
                 return Run {
                     stopped_early: true,
                     ..run
+                }
+            }
+        }
+        if marks {
+            match wal.write_ack_mark(time_ms).await {
+                Ok(lsn) => run.marked = lsn,
+                Err(_) => {
+                    return Run {
+                        stopped_early: true,
+                        ..run
+                    }
                 }
             }
         }
