@@ -211,17 +211,6 @@ impl ShardScan {
                 return Err(held.refuse(shard));
             }
         }
-        // A cursor past records that left the log since its page (retention, mid-stream).
-        if let (Start::Lsn(lsn), Some((first_lsn, path))) = (&start, segments.first()) {
-            if lsn < first_lsn && *lsn <= lsn_bound {
-                let header = read_header(path, shard).map_err(ScanError::Log)?;
-                let held = Held {
-                    from_ms: header.time_ms + 1,
-                    first_lsn: *first_lsn,
-                };
-                return Err(held.refuse(shard));
-            }
-        }
         let first = match start {
             Start::Lsn(lsn) => {
                 scan.next_lsn = lsn;
@@ -245,9 +234,22 @@ impl ShardScan {
                 chosen
             }
         };
+        // A scan by time stands at the first lsn it will read, so that a cursor taken before this
+        // shard has returned anything names an lsn the log holds (not 0).
+        let from_time = matches!(start, Start::Time(_));
         match first {
-            Some((first_lsn, path)) => scan.open(*first_lsn, path)?,
-            None => scan.done = true,
+            Some((first_lsn, path)) => {
+                if from_time {
+                    scan.next_lsn = *first_lsn;
+                }
+                scan.open(*first_lsn, path)?
+            }
+            None => {
+                if from_time {
+                    scan.next_lsn = lsn_bound.saturating_add(1);
+                }
+                scan.done = true
+            }
         }
         Ok(scan)
     }
@@ -701,8 +703,8 @@ mod tests {
 
     /// A log that begins after a snapshot install refuses a range it cannot answer completely,
     /// naming the first time it can (after the first batch held), and answers that range exactly;
-    /// a log that only lost records to retention answers as before; a cursor past removed records
-    /// is refused either way.
+    /// a log that only lost records to retention answers as before; a cursor standing before the
+    /// first lsn held after an install is refused.
     #[test]
     fn a_log_that_begins_after_an_install_says_what_it_does_not_hold() {
         let root = temp_dir("floor");
@@ -769,16 +771,32 @@ mod tests {
         let expected: Vec<Event> = all.iter().filter(|e| e.time_ms > t_first).cloned().collect();
         assert!(!expected.is_empty());
         assert!(held == expected, "the range it accepts is answered exactly");
-        // A cursor standing before the first lsn held, with or without the install record.
+        // The same, page by page, each page's scan rebuilt from the previous cursor.
+        let mut scan = scan_of(scan_from(Start::Time(t_first + 1)).unwrap(), t_first + 1);
+        let mut paged = Vec::new();
+        loop {
+            let (page, over) = scan.page(50).unwrap();
+            paged.extend(page);
+            if over {
+                break;
+            }
+            let cursor = Cursor::parse(&scan.cursor(), 1).unwrap();
+            let (_, lsn) = cursor.positions[0];
+            scan = scan_of(scan_from(Start::Lsn(lsn)).unwrap(), t_first + 1);
+        }
+        assert!(paged == expected, "paging from a cursor loses and repeats nothing");
+        let untouched = scan_from(Start::Time(t_first + 1)).unwrap();
+        assert_eq!(
+            untouched.next_lsn(),
+            first_held,
+            "a cursor before any page names a held lsn"
+        );
+        // A cursor standing before the first lsn held after the install.
         assert!(matches!(scan_from(Start::Lsn(floor)), Err(ScanError::NotHeld { .. })));
         assert!(scan_from(Start::Lsn(first_held)).is_ok());
         // Retention later removed the first segment after the install: its horizon covers both.
         std::fs::remove_file(&segments[2].1).unwrap();
         assert!(scan_from(Start::Time(t0)).is_ok());
-        assert!(matches!(
-            scan_from(Start::Lsn(first_held)),
-            Err(ScanError::NotHeld { .. })
-        ));
         // Installed and nothing logged since: nothing before now is held.
         for (_, path) in &segments[3..] {
             std::fs::remove_file(path).unwrap();

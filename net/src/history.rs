@@ -321,6 +321,18 @@ async fn drain_loop(runtime: Rc<ShardRuntime>, writer: WriterLink) {
     }
 }
 
+/// Call before a snapshot install replaces this shard's log (`replication::replica::install`):
+/// records durably that the log's records up to `lsn` are being discarded, so EVENTS on this
+/// node refuses ranges it no longer holds (`events::record_install_floor`, on a blocking thread).
+pub async fn record_install_floor(runtime: &ShardRuntime, lsn: u64) -> Result<(), String> {
+    let shard = runtime.id;
+    let dir = runtime.history.dirs[shard as usize].clone();
+    glommio::executor()
+        .spawn_blocking(move || crate::events::record_install_floor(&dir, lsn))
+        .await
+        .map_err(|e| format!("shard {shard}: recording the install floor at lsn {lsn}: {e}"))
+}
+
 /// Answers another shard's ask from this shard's engine. Never waits.
 fn answer_locally(runtime: &ShardRuntime, ask: Ask) -> Answer {
     let engine = runtime.engine.borrow();
@@ -681,9 +693,29 @@ async fn events(
                 Some(scan) => scan,
                 None => {
                     let mut parts = Vec::with_capacity(plan.len());
+                    // Of the shards that do not hold the start, the one holding the least: asked
+                    // again from its time, every shard answers completely.
+                    let mut not_held: Option<ScanError> = None;
                     for (shard, start) in plan {
                         let dir = dirs[shard as usize].clone();
-                        parts.push(ShardScan::new(shard, dir, bounds[shard as usize], start, now_ms)?);
+                        match ShardScan::new(shard, dir, bounds[shard as usize], start, now_ms) {
+                            Ok(part) => parts.push(part),
+                            Err(error @ ScanError::NotHeld { held_from_ms, .. }) => {
+                                let later = match &not_held {
+                                    Some(ScanError::NotHeld {
+                                        held_from_ms: known, ..
+                                    }) => held_from_ms > *known,
+                                    _ => true,
+                                };
+                                if later {
+                                    not_held = Some(error);
+                                }
+                            }
+                            Err(error) => return Err(error),
+                        }
+                    }
+                    if let Some(error) = not_held {
+                        return Err(error);
                     }
                     Scan {
                         id,
