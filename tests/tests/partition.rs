@@ -47,7 +47,7 @@ const THREADS: usize = 4;
 const NAMES: usize = 8;
 /// Iterations when `TALLY_PARTITION_ITERATIONS` is not set: the test stays within two minutes on
 /// a loaded 2-core machine.
-const ITERATIONS_DEFAULT: u64 = 5;
+const ITERATIONS_DEFAULT: u64 = 8;
 /// Schedule steps per iteration.
 const STEPS: usize = 6;
 /// The nodes' bounded wait for replica acks.
@@ -371,6 +371,15 @@ fn random_partitions_pauses_kills_and_promotions_keep_every_acked_increment() {
             })
             .collect();
 
+        // The first fault meets a running load, not threads still connecting.
+        let warm = Instant::now() + CONVERGE_TIMEOUT;
+        while load.acked.load(Ordering::Acquire) < THREADS as u64 {
+            if Instant::now() >= warm {
+                run.fail("the load got no acknowledgements before the first fault");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let attempts_before = run.history.len();
         for _ in 0..STEPS {
             let step = next_step(&mut run.rng, &run.faults);
             run.apply(step.fault, &load);
@@ -415,6 +424,13 @@ fn random_partitions_pauses_kills_and_promotions_keep_every_acked_increment() {
         }
         assert!(run.faults.is_quiet());
 
+        // Refusals of this iteration's load by wire code (its retries of unknown keys included).
+        let mut refused: BTreeMap<u16, u64> = BTreeMap::new();
+        for attempt in &run.history[attempts_before..] {
+            if let Outcome::Failed(code) = attempt.outcome {
+                *refused.entry(code).or_default() += 1;
+            }
+        }
         let acked = load.acked.load(Ordering::Acquire);
         let unknown = load.unknown.load(Ordering::Acquire);
         let faults_applied = run.steps.len();
@@ -424,9 +440,9 @@ fn random_partitions_pauses_kills_and_promotions_keep_every_acked_increment() {
             .and_then(|s| s.get("node.epoch").copied())
             .unwrap_or(-1);
         println!(
-            "partition {iteration}: acked {acked}, unknown outcomes {unknown}, steps {faults_applied} \
-             ({promotions} promotions), converged in {converge_ms} ms, primary node {primary} at epoch {epoch}; \
-             {report}\n  steps: {:?}",
+            "partition {iteration}: acked {acked}, unknown outcomes {unknown}, refused by code {refused:?}, \
+             steps {faults_applied} ({promotions} promotions), converged in {converge_ms} ms, primary node \
+             {primary} at epoch {epoch}; {report}\n  steps: {:?}",
             run.steps
         );
         acked_total += acked;
