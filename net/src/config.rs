@@ -92,10 +92,17 @@ pub struct Config {
     #[arg(long = "replica", env = "TALLY_REPLICA", value_delimiter = ',')]
     pub replicas: Vec<SocketAddr>,
 
-    /// Start as a replica of the primary at this main address (unless this data directory was
-    /// promoted to primary since: the role persists in `DATA_DIR/node`).
+    /// Start as a replica of the primary at this main address. The role persists in
+    /// `DATA_DIR/node`: when the flags disagree with it (a promoted replica, a primary that stepped
+    /// down) tallyd refuses to start and says which flags match, unless `--reset-role`.
     #[arg(long, env = "TALLY_REPLICA_OF")]
     pub replica_of: Option<SocketAddr>,
+
+    /// Let the flags win over the role in `DATA_DIR/node` (primary, or replica with
+    /// `--replica-of`) and rewrite the file. Safe either way: a primary re-establishes its epoch
+    /// with a majority of its group before it takes writes.
+    #[arg(long, env = "TALLY_RESET_ROLE")]
+    pub reset_role: bool,
 
     /// When a write is acknowledged: `local` (this node's fsync), `quorum` (and one replica's
     /// fsync; the default with replicas), `all` (and every replica's).

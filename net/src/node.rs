@@ -98,31 +98,42 @@ pub struct NodeShared {
 struct PromoteJob {
     force: bool,
     wait: Duration,
+    /// An epoch a peer knows, which the new one must exceed (a restarting primary's probe).
+    epoch_seen: u64,
     results: Vec<Option<Result<u64, String>>>,
 }
 
 /// Ends this run of the node so that it starts again in `role` (persisted first).
+///
+/// Every shard may ask (each learns of a newer epoch on its own stream): the first request wins and
+/// is the only one that writes the node file.
 pub fn request_role_change(node: &NodeShared, role: PersistedRole) {
-    if let Some(state) = &node.node_state {
-        let state = NodeState {
-            role: Some(role.clone()),
-            ..state.clone()
-        };
-        if let Err(e) = state.store(&node.data_dir) {
-            log!(Level::Error, "persisting the role change: {e}");
-        }
-    }
     let mut change = node.role_change.lock().unwrap_or_else(|e| e.into_inner());
     if change.is_none() {
+        if let Some(state) = &node.node_state {
+            let state = NodeState {
+                role: Some(role.clone()),
+                ..state.clone()
+            };
+            if let Err(e) = state.store(&node.data_dir) {
+                log!(Level::Error, "persisting the role change: {e}");
+            }
+        }
         log!(Level::Info, "role change: restarting as {role:?}");
         *change = Some(role);
     }
+    drop(change);
     node.shutdown.store(true, Ordering::Release);
 }
 
 /// Runs a PROMOTE on every shard and waits for them all. The caller restarts the node as primary
 /// once the reply is queued.
 pub async fn promote_node(runtime: &Rc<ShardRuntime>, force: bool, wait: Duration) -> Outcome {
+    promote_node_above(runtime, force, wait, 0).await
+}
+
+/// `promote_node` to an epoch above `epoch_seen` as well.
+async fn promote_node_above(runtime: &Rc<ShardRuntime>, force: bool, wait: Duration, epoch_seen: u64) -> Outcome {
     let node = &runtime.node;
     if !node.is_replica {
         return Err(Failure::new(
@@ -141,6 +152,7 @@ pub async fn promote_node(runtime: &Rc<ShardRuntime>, force: bool, wait: Duratio
         *job = PromoteJob {
             force,
             wait,
+            epoch_seen,
             results: vec![None; node.shards as usize],
         };
     }
@@ -182,13 +194,13 @@ fn poll_promotion(runtime: &Rc<ShardRuntime>, seen: &mut u64) {
         return;
     }
     *seen = generation;
-    let (force, wait) = {
+    let (force, wait, epoch_seen) = {
         let job = runtime.node.promote.lock().unwrap_or_else(|e| e.into_inner());
-        (job.force, job.wait)
+        (job.force, job.wait, job.epoch_seen)
     };
     let runtime = runtime.clone();
     glommio::spawn_local(async move {
-        let result = crate::replication::replica::promote(runtime.clone(), force, wait).await;
+        let result = crate::replication::replica::promote(runtime.clone(), force, wait, epoch_seen).await;
         if let Err(e) = &result {
             log!(Level::Warn, "{e}");
         }
@@ -198,6 +210,87 @@ fn poll_promotion(runtime: &Rc<ShardRuntime>, seen: &mut u64) {
         }
     })
     .detach();
+}
+
+/// A node that restarts as primary first re-establishes itself (docs/replication.md, "Restarts"):
+/// a restart never creates an epoch, and the node may have been replaced while it was down. Run on
+/// shard 0 while the node is a candidate: probe the peers; step down if one names another primary
+/// of an epoch at or above ours; otherwise, with a majority, promote this node (every shard) to a
+/// new epoch and restart as primary. Without a majority, take no writes and try again.
+pub async fn candidate_loop(runtime: Rc<ShardRuntime>) {
+    use crate::replication::replica::{probe, step_down};
+    use tally_replicate::ProbeOutcome;
+    let mut unreachable_logged = false;
+    while !shutdown_requested(&runtime.node) {
+        if let Some((epoch, primary)) = followed_primary(&runtime) {
+            log!(
+                Level::Info,
+                "restarting primary: {primary} leads epoch {epoch} (it greeted or fenced this node)"
+            );
+            step_down(&runtime, epoch, &primary);
+            return;
+        }
+        let wait = Duration::from_millis(crate::replication::CANDIDATE_PROBE_MS);
+        match probe(&runtime, wait).await {
+            ProbeOutcome::StepDown { epoch, primary } => {
+                log!(
+                    Level::Info,
+                    "restarting primary: a peer says {primary} leads epoch {epoch}"
+                );
+                step_down(&runtime, epoch, &primary);
+                return;
+            }
+            ProbeOutcome::Promote { epoch_seen } => {
+                let wait = runtime
+                    .repl
+                    .settings
+                    .wait
+                    .max(Duration::from_millis(crate::replication::CANDIDATE_PROBE_MS));
+                match promote_node_above(&runtime, false, wait, epoch_seen).await {
+                    Ok(_) => {
+                        request_role_change(&runtime.node, PersistedRole::Primary);
+                        return;
+                    }
+                    Err(e) => log!(Level::Warn, "restarting primary: {}", e.message),
+                }
+            }
+            ProbeOutcome::Unreachable { peers } => {
+                if !unreachable_logged {
+                    let addrs: Vec<String> = peers
+                        .iter()
+                        .filter_map(|&p| runtime.repl.settings.peers.get(p))
+                        .map(ToString::to_string)
+                        .collect();
+                    log!(
+                        Level::Warn,
+                        "restarting primary: no majority of the group answers (silent: {}): this node takes no writes until one does",
+                        addrs.join(", ")
+                    );
+                    unreachable_logged = true;
+                }
+            }
+            ProbeOutcome::Pending => {}
+        }
+        let shutdown = runtime.shutdown.clone();
+        futures_lite::future::or(
+            glommio::timer::sleep(Duration::from_millis(crate::replication::CANDIDATE_RETRY_MS)),
+            async move {
+                let _ = shutdown.acquire(1).await;
+            },
+        )
+        .await;
+    }
+}
+
+/// The epoch and primary a candidate's shard 0 follows, if another node greeted or fenced it.
+fn followed_primary(runtime: &ShardRuntime) -> Option<(u64, String)> {
+    let side = runtime.repl.replica.as_ref()?;
+    if side.promoting() {
+        return None;
+    }
+    let replica = side.replica.borrow();
+    let primary = replica.primary()?;
+    (primary != runtime.repl.settings.addr).then(|| (replica.epoch(), primary.to_owned()))
 }
 
 /// What an engine of this node is configured with.
@@ -240,14 +333,15 @@ pub struct Node {
 impl Node {
     /// Starts a node and returns once every shard serves.
     pub fn start(config: &Config) -> Result<Node, String> {
-        Node::start_after(config, false)
+        Node::start_after(config, None)
     }
 
-    /// `start`, right after a promotion in this process (`promoted`): the promotion opened a fresh
-    /// epoch with no record under it yet, so this start keeps it instead of opening another.
-    /// (Any other start of a primary opens a new epoch: after a crash, records under the current
-    /// one may exist on replicas only.)
-    pub fn start_after(config: &Config, promoted: bool) -> Result<Node, String> {
+    /// `start`, again in the same process after a role change to `role_changed` (a promotion
+    /// finished, or this node stepped down). The role was just persisted by this process, so the
+    /// node file is not checked against the flags, and after a promotion the node serves as primary
+    /// at once (any other start of a primary re-establishes its epoch first: `candidate_loop`).
+    pub fn start_after(config: &Config, role_changed: Option<&PersistedRole>) -> Result<Node, String> {
+        let promoted = role_changed == Some(&PersistedRole::Primary);
         log::set_level(config.log_level);
         let cpus = usable_cpus().map_err(|e| format!("sched_getaffinity: {e}"))?;
         let shards = config.shards.unwrap_or(cpus.len().min(SHARDS_MAX as usize) as u16);
@@ -288,14 +382,8 @@ impl Node {
             .map_err(|e| format!("data dir {}: {e}", config.data_dir.display()))?;
         let node_state = if replicating {
             let mut state = NodeState::load_or_create(&data_dir)?;
-            if state.role.is_none() {
-                state.role = Some(match config.replica_of {
-                    Some(primary) => PersistedRole::Replica {
-                        primary: primary.to_string(),
-                    },
-                    None => PersistedRole::Primary,
-                });
-                state.store(&data_dir)?;
+            if role_changed.is_none() {
+                reconcile_role(&mut state, config, &data_dir)?;
             }
             Some(state)
         } else {
@@ -305,7 +393,10 @@ impl Node {
             .as_ref()
             .and_then(|s| s.role.clone())
             .unwrap_or(PersistedRole::Primary);
-        let is_replica = matches!(role, PersistedRole::Replica { .. });
+        // A primary that did not just promote itself in this process re-establishes its epoch
+        // first, serving as a replica meanwhile.
+        let candidate = replicating && role == PersistedRole::Primary && !promoted;
+        let is_replica = matches!(role, PersistedRole::Replica { .. }) || candidate;
         let shards = match (&role, config.shards) {
             (PersistedRole::Replica { primary }, None) => replica_shard_count(&data_dir, primary)?,
             _ => shards,
@@ -365,7 +456,8 @@ impl Node {
         let repl_settings = ReplSettings {
             node_id: node_state.as_ref().map_or(0, |s| s.node_id),
             addr: listen.to_string(),
-            peers: config.replicas.clone(),
+            peers: group_peers(config),
+            candidate,
             ack_mode,
             ack_namespaces: config.ack_namespaces()?,
             wait: Duration::from_millis(config.replication_wait_ms),
@@ -375,41 +467,29 @@ impl Node {
         for r in &recovered {
             streams.push(StreamState::load(&r.dir)?);
         }
-        let promoted_epoch = streams.first().map(|s| s.epoch).filter(|&epoch| {
-            promoted
-                && streams
-                    .iter()
-                    .all(|s| s.epoch == epoch && s.history.epoch_last() == epoch)
-        });
-        if let Some(epoch) = promoted_epoch {
+        if candidate {
             log!(
                 Level::Info,
-                "primary at epoch {epoch} (promoted), replicas {:?}",
-                config.replicas
+                "restarting as primary (epoch {}): probing {:?} before taking writes",
+                streams.first().map_or(0, |s| s.epoch),
+                repl_settings.peers
             );
         } else if !is_replica && repl_settings.enabled() {
-            // Every start of a primary opens a new epoch: records a crash lost here but a replica
-            // received (shipped before our fsync) become a foreign suffix the history detects,
-            // never a second version of the same (epoch, lsn).
-            let epoch = streams
-                .iter()
-                .map(|s| s.epoch.max(s.history.epoch_last()))
-                .max()
-                .unwrap_or(0)
-                + 1;
-            let lsn_first: Vec<u64> = recovered.iter().map(|r| r.engine.lsn() + 1).collect();
-            for (stream, r) in streams.iter_mut().zip(&recovered) {
-                stream.epoch = epoch;
-                stream.history.push(epoch, lsn_first.clone());
-                stream.store(&r.dir)?;
-            }
-            log!(Level::Info, "primary at epoch {epoch}, replicas {:?}", config.replicas);
+            log!(
+                Level::Info,
+                "primary at epoch {} (promoted), replicas {:?}",
+                streams.first().map_or(0, |s| s.epoch),
+                repl_settings.peers
+            );
         }
         for (r, stream) in recovered.iter_mut().zip(streams) {
             r.stream = Some(stream);
         }
         let primary_addr = match &role {
             PersistedRole::Replica { primary } => primary.clone(),
+            PersistedRole::Primary if candidate => {
+                "unknown yet (this node is re-establishing itself as primary)".into()
+            }
             PersistedRole::Primary => listen.to_string(),
         };
         let request_mesh = MeshBuilder::<ShardRequest, _>::full(shards as usize, CROSS_SHARD_QUEUE_DEPTH);
@@ -518,6 +598,57 @@ const PRIMARY_HELLO_WAIT_MS: u64 = 15_000;
 
 /// A replica runs its primary's shard count: the shard directories it already has, or on its first
 /// start what the primary says in HELLO.
+/// Every other member of this node's replica group: its `--replica` addresses and, on a replica,
+/// the `--replica-of` one. A promotion fences them all and a primary ships to them all, so an old
+/// primary that stepped down is fed by its successor.
+fn group_peers(config: &Config) -> Vec<SocketAddr> {
+    let mut peers = config.replicas.clone();
+    if let Some(primary) = config.replica_of {
+        if !peers.contains(&primary) {
+            peers.push(primary);
+        }
+    }
+    peers
+}
+
+/// Checks the role the flags give against the one DATA_DIR/node holds (the node's own record of
+/// promotions and step-downs) and refuses to start when they disagree on primary against replica,
+/// saying which and what resolves it. `--reset-role` makes the flags win. A replica of a different
+/// primary address than the file's is fine (a replica follows whichever primary of the newest
+/// epoch greets it): the file takes the flag's address.
+fn reconcile_role(state: &mut NodeState, config: &Config, data_dir: &Path) -> Result<(), String> {
+    let wanted = match config.replica_of {
+        Some(primary) => PersistedRole::Replica {
+            primary: primary.to_string(),
+        },
+        None => PersistedRole::Primary,
+    };
+    let file = NodeState::path(data_dir);
+    let conflict = match (&state.role, &wanted) {
+        (Some(PersistedRole::Primary), PersistedRole::Replica { primary }) => Some(format!(
+            "{} says this node is a primary, but --replica-of {primary} says replica. If another node was promoted while this one was down, start it as a primary again (no --replica-of): it finds the newer primary and steps down by itself, giving up only records that primary lacks. To make it a replica of {primary} now, add --reset-role.",
+            file.display()
+        )),
+        (Some(PersistedRole::Replica { primary }), PersistedRole::Primary) => Some(format!(
+            "{} says this node is a replica of {primary} (it was started as one, or stepped down after another node was promoted), but no --replica-of was given. Start it with --replica-of {primary} (or its current primary); to make it primary, promote it with `tally --addr {} admin promote` once it runs, or add --reset-role (it then promotes itself with a majority of its group before taking writes).",
+            file.display(),
+            config.listen
+        )),
+        _ => None,
+    };
+    if let Some(conflict) = conflict {
+        if !config.reset_role {
+            return Err(conflict);
+        }
+        log!(Level::Warn, "--reset-role: the flags win over {}", file.display());
+    }
+    if state.role.as_ref() != Some(&wanted) {
+        state.role = Some(wanted);
+        state.store(data_dir)?;
+    }
+    Ok(())
+}
+
 fn replica_shard_count(data_dir: &Path, primary: &str) -> Result<u16, String> {
     let existing = (0..SHARDS_MAX)
         .take_while(|s| crate::recovery::shard_dir(data_dir, *s).is_dir())
@@ -735,6 +866,13 @@ async fn run_shard(start: ShardStart) {
     let lsn = engine.lsn();
     let ship_log = ship_log.unwrap_or_else(|| ShipLog::new(lsn + 1, crate::replication::SHIP_LOG_BYTES_MAX));
     let primary = (!shared.is_replica && repl.enabled()).then(|| {
+        // Replica acks count from the last lsn this epoch inherited (its history entry's start - 1).
+        let lsn_floor = stream
+            .history
+            .entries()
+            .last()
+            .and_then(|e| e.lsn_first.get(shard as usize))
+            .map_or(0, |first| first - 1);
         PrimarySide::new(
             shard,
             stream.epoch,
@@ -742,12 +880,13 @@ async fn run_shard(start: ShardStart) {
             ship_log.lsn_sealed(),
             ship_log.retained_first(),
             wal.lsn_durable(),
+            lsn_floor,
         )
     });
     let replica = shared.is_replica.then(|| {
         let mut positions = vec![StreamPosition::default(); shared.shards as usize];
         positions[shard as usize] = StreamPosition {
-            epoch_last: stream.epoch_last,
+            epoch_last: stream.history.epoch_last(),
             lsn_durable: lsn,
             lsn_appended: lsn,
         };
@@ -797,6 +936,9 @@ async fn run_shard(start: ShardStart) {
     glommio::spawn_local(crate::replication::primary::ticker(runtime.clone())).detach();
     if runtime.repl.replica.is_some() {
         glommio::spawn_local(need_loop(runtime.clone())).detach();
+    }
+    if runtime.repl.settings.candidate && shard == 0 {
+        glommio::spawn_local(candidate_loop(runtime.clone())).detach();
     }
 
     let main = match TcpListener::bind(listen) {

@@ -51,6 +51,19 @@ pub enum ReplicateError {
     /// `force` and accept losing such writes.
     #[error("promotion to epoch {epoch}: peers {peers:?} did not answer by the deadline")]
     PeersUnreachable { epoch: u64, peers: Vec<usize> },
+    /// The most advanced log among the promoter's and its peers' is `peer`'s, and the promoter's
+    /// own log has records after their common prefix (`lsn_common` < `lsn_have`) that the peer's
+    /// does not: a demoted primary's unacknowledged writes. The promoter cannot become primary
+    /// without discarding them in place; promote that peer instead (it then resynchronises this
+    /// node by snapshot).
+    #[error("promotion to epoch {epoch}: shard {shard} holds records after lsn {lsn_common} (up to {lsn_have}) that the most advanced peer {peer} lacks: promote that peer instead")]
+    Diverged {
+        epoch: u64,
+        shard: u16,
+        peer: usize,
+        lsn_common: u64,
+        lsn_have: u64,
+    },
     /// A promotion could not fetch the records it lacks by its deadline.
     #[error("promotion to epoch {epoch}: shard {shard} reached lsn {lsn_have} of {lsn_target} by the deadline")]
     FetchIncomplete {

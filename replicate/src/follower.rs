@@ -56,6 +56,12 @@ impl Follower {
         }
     }
 
+    /// The last epoch of this stream's log, as its history says (the node-level `Replica` keeps the
+    /// history).
+    pub(crate) fn set_epoch_last(&mut self, epoch_last: u64) {
+        self.epoch_last = epoch_last;
+    }
+
     /// Every appended record is fsynced.
     pub fn settled(&self) -> bool {
         self.lsn_durable == self.lsn_appended

@@ -42,7 +42,7 @@ pub use message::{
     Ack, Fence, FenceReply, Fenced, Fetch, Hello, HelloReply, Kind, Message, Need, Role, Ship, SnapshotBegin,
     SnapshotChunk, SnapshotEnd, StreamPosition, PROTOCOL_VERSION,
 };
-pub use promotion::{Promotion, PromotionCommand, PromotionState};
+pub use promotion::{peers_for_majority, Probe, ProbeOutcome, Promotion, PromotionCommand, PromotionState};
 pub use quorum::{AckMode, Quorum, Wait};
 pub use records::{check_records, decode_records, RecordsEncoder};
 pub use replica::{Replica, ReplicaCommand};

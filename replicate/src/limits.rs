@@ -56,6 +56,15 @@ pub const ADDR_BYTES_MAX: usize = 255;
 /// anyway. 32 promotions is far more than a cluster sees between two snapshots of a replica.
 pub const EPOCH_HISTORY_MAX: usize = 32;
 
+/// How long a promotion (or a restarting primary's probe) that already has its majority waits for
+/// the remaining peer. A majority is all safety needs; the last peer may still hold unacknowledged
+/// records worth keeping, and a second is a small price next to a failover.
+pub const MAJORITY_GRACE_MS: u64 = 1_000;
+
+/// How long a promotion's fetch may run past the promotion's deadline: the fetch only starts once
+/// the peers answered, which may be right at the deadline.
+pub const FETCH_EXTRA_MS_MAX: u64 = 10_000;
+
 // The Hello history fits a frame body next to its other fields.
 const _: () = assert!(EPOCH_HISTORY_MAX * (8 + 8 * SHARDS_MAX as usize) + 512 < FRAME_BODY_BYTES_MAX);
 // A maximal Ship (fixed fields are < 64 bytes) and a maximal chunk fit a frame body.

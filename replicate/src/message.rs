@@ -20,7 +20,7 @@ use crate::limits::{
 };
 
 /// The replication protocol version, sent in Hello. A replica refuses another.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Frame kinds. The numbers are part of the wire format and never change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,6 +102,9 @@ pub struct HelloReply {
     pub node_id: u128,
     pub epoch: u64,
     pub streams: Vec<StreamPosition>,
+    /// The history of the replica's own log (`EpochHistory::prefix` of the primaries it followed),
+    /// from which the primary tells a prefix of its log from a diverged one.
+    pub history: EpochHistory,
 }
 
 /// Any node → a sender whose epoch is older than the one the node knows.
@@ -183,6 +186,9 @@ pub struct FenceReply {
     pub node_id: u128,
     pub epoch: u64,
     pub streams: Vec<StreamPosition>,
+    /// The history of the peer's own log: the promoter adopts it with the peer's records when this
+    /// peer's log is the most advanced.
+    pub history: EpochHistory,
 }
 
 /// Promoter → peer: send `shard`'s records `lsn_from..=lsn_to` as Ship frames of `epoch`.
@@ -250,18 +256,13 @@ impl Message {
                 w.u8(m.role as u8);
                 w.u16(m.shards);
                 w.str8(&m.addr);
-                w.u16(m.history.entries().len() as u16);
-                for entry in m.history.entries() {
-                    w.u64(entry.epoch);
-                    for &lsn in &entry.lsn_first {
-                        w.u64(lsn);
-                    }
-                }
+                w.history(&m.history, m.shards);
             }
             Message::HelloReply(m) => {
                 w.u128(m.node_id);
                 w.u64(m.epoch);
                 w.positions(&m.streams);
+                w.history(&m.history, m.streams.len() as u16);
             }
             Message::Fenced(m) => {
                 w.u64(m.epoch);
@@ -318,6 +319,7 @@ impl Message {
                 w.u128(m.node_id);
                 w.u64(m.epoch);
                 w.positions(&m.streams);
+                w.history(&m.history, m.streams.len() as u16);
             }
             Message::Fetch(m) => {
                 w.u16(m.shard);
@@ -385,22 +387,7 @@ fn decode_body(kind: Kind, r: &mut Reader<'_>) -> Result<Message, DecodeError> {
                 return invalid("shard count out of range");
             }
             let addr = r.str8()?;
-            let count = usize::from(r.u16()?);
-            if count > EPOCH_HISTORY_MAX {
-                return invalid("epoch history longer than EPOCH_HISTORY_MAX");
-            }
-            let mut entries = Vec::with_capacity(count);
-            for _ in 0..count {
-                let epoch = r.u64()?;
-                let mut lsn_first = Vec::with_capacity(usize::from(shards));
-                for _ in 0..shards {
-                    lsn_first.push(r.u64()?);
-                }
-                entries.push(EpochStart { epoch, lsn_first });
-            }
-            let Some(history) = EpochHistory::from_entries(entries) else {
-                return invalid("epoch history out of order or with lsn 0");
-            };
+            let history = r.history(shards)?;
             Message::Hello(Hello {
                 version,
                 node_id,
@@ -411,11 +398,16 @@ fn decode_body(kind: Kind, r: &mut Reader<'_>) -> Result<Message, DecodeError> {
                 history,
             })
         }
-        Kind::HelloReply => Message::HelloReply(HelloReply {
-            node_id: r.u128()?,
-            epoch: r.u64()?,
-            streams: r.positions()?,
-        }),
+        Kind::HelloReply => {
+            let (node_id, epoch, streams) = (r.u128()?, r.u64()?, r.positions()?);
+            let history = r.history(streams.len() as u16)?;
+            Message::HelloReply(HelloReply {
+                node_id,
+                epoch,
+                streams,
+                history,
+            })
+        }
         Kind::Fenced => Message::Fenced(Fenced {
             epoch: r.u64()?,
             primary: r.str8()?,
@@ -489,11 +481,16 @@ fn decode_body(kind: Kind, r: &mut Reader<'_>) -> Result<Message, DecodeError> {
             node_id: r.u128()?,
             primary_new: r.str8()?,
         }),
-        Kind::FenceReply => Message::FenceReply(FenceReply {
-            node_id: r.u128()?,
-            epoch: r.u64()?,
-            streams: r.positions()?,
-        }),
+        Kind::FenceReply => {
+            let (node_id, epoch, streams) = (r.u128()?, r.u64()?, r.positions()?);
+            let history = r.history(streams.len() as u16)?;
+            Message::FenceReply(FenceReply {
+                node_id,
+                epoch,
+                streams,
+                history,
+            })
+        }
         Kind::Fetch => {
             let (shard, epoch, lsn_from, lsn_to) = (r.shard()?, r.u64()?, r.u64()?, r.u64()?);
             if lsn_from == 0 || lsn_to < lsn_from {
@@ -540,6 +537,21 @@ impl Writer<'_> {
             self.u64(p.epoch_last);
             self.u64(p.lsn_durable);
             self.u64(p.lsn_appended);
+        }
+    }
+
+    /// `history_len u16`, then per entry `epoch u64` and `shards × lsn_first u64`.
+    fn history(&mut self, history: &EpochHistory, shards: u16) {
+        assert!(history
+            .entries()
+            .iter()
+            .all(|e| e.lsn_first.len() == usize::from(shards)));
+        self.u16(history.entries().len() as u16);
+        for entry in history.entries() {
+            self.u64(entry.epoch);
+            for &lsn in &entry.lsn_first {
+                self.u64(lsn);
+            }
         }
     }
 }
@@ -612,6 +624,27 @@ impl<'a> Reader<'a> {
         }
         Ok(streams)
     }
+
+    fn history(&mut self, shards: u16) -> Result<EpochHistory, DecodeError> {
+        let count = usize::from(self.u16()?);
+        if count > EPOCH_HISTORY_MAX {
+            return invalid("epoch history longer than EPOCH_HISTORY_MAX");
+        }
+        if count > 0 && shards == 0 {
+            return invalid("epoch history entries without shards");
+        }
+        let mut entries = Vec::with_capacity(count);
+        for _ in 0..count {
+            let epoch = self.u64()?;
+            let mut lsn_first = Vec::with_capacity(usize::from(shards));
+            for _ in 0..shards {
+                lsn_first.push(self.u64()?);
+            }
+            entries.push(EpochStart { epoch, lsn_first });
+        }
+        EpochHistory::from_entries(entries).map_or_else(|| invalid("epoch history out of order or with lsn 0"), Ok)
+    }
+
     fn rest(&mut self) -> &'a [u8] {
         let rest = &self.bytes[self.at..];
         self.at = self.bytes.len();
@@ -641,12 +674,13 @@ mod tests {
                 role: Role::Primary,
                 shards: 2,
                 addr: "10.0.0.1:7001".into(),
-                history,
+                history: history.clone(),
             }),
             Message::HelloReply(HelloReply {
                 node_id: 7,
                 epoch: 3,
                 streams: vec![pos, StreamPosition::default()],
+                history: history.clone(),
             }),
             Message::Fenced(Fenced {
                 epoch: 4,
@@ -699,6 +733,11 @@ mod tests {
                 node_id: 3,
                 epoch: 5,
                 streams: vec![pos],
+                history: EpochHistory::from_entries(vec![EpochStart {
+                    epoch: 3,
+                    lsn_first: vec![10],
+                }])
+                .expect("ordered"),
             }),
             Message::Fetch(Fetch {
                 shard: 1,

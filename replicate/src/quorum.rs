@@ -38,6 +38,8 @@ pub struct Quorum {
     lsn_local: u64,
     lsn_replicas: Vec<u64>,
     lsn_ackable: [u64; 3],
+    /// Replica acks below this lsn count for nothing (`with_floor`).
+    lsn_floor: u64,
 }
 
 impl Quorum {
@@ -50,7 +52,18 @@ impl Quorum {
             lsn_local: lsn_durable,
             lsn_replicas: vec![0; replicas],
             lsn_ackable: [lsn_durable, 0, 0],
+            lsn_floor: 0,
         }
+    }
+
+    /// Replica acks count only from `lsn_floor` on: the last lsn the epoch's primary inherited
+    /// (its history entry's start − 1). A replica that acked it holds everything the epoch began
+    /// with and so claims the epoch in any later promotion; one still copying older records does
+    /// not, and an older record acknowledged through it (a retried keyed write answered from
+    /// dedup) could be outvoted by a log of an epoch in between (Raft's figure 8).
+    pub fn with_floor(mut self, lsn_floor: u64) -> Quorum {
+        self.lsn_floor = lsn_floor;
+        self
     }
 
     /// The primary's log is fsynced up to `lsn`.
@@ -68,8 +81,9 @@ impl Quorum {
     }
 
     fn recompute(&mut self) {
-        let best = self.lsn_replicas.iter().copied().max();
-        let worst = self.lsn_replicas.iter().copied().min();
+        let floor = self.lsn_floor;
+        let best = self.lsn_replicas.iter().copied().max().filter(|&r| r >= floor);
+        let worst = self.lsn_replicas.iter().copied().min().filter(|&r| r >= floor);
         let computed = [
             self.lsn_local,
             best.map_or(0, |r| r.min(self.lsn_local)),
@@ -133,6 +147,19 @@ mod tests {
         );
         q.local_durable(15);
         assert_eq!(ackable(&q), [15, 12, 7]);
+    }
+
+    #[test]
+    fn replica_acks_below_the_epochs_floor_count_for_nothing() {
+        // The epoch began after lsn 20 (its primary inherited 1..=20).
+        let mut q = Quorum::new(2, 20).with_floor(20);
+        q.local_durable(25);
+        q.replica_acked(0, 19);
+        assert_eq!(ackable(&q), [25, 0, 0], "a replica still copying inherited records");
+        q.replica_acked(0, 20);
+        assert_eq!(ackable(&q), [25, 20, 0], "it holds the epoch's start state");
+        q.replica_acked(1, 24);
+        assert_eq!(ackable(&q), [25, 24, 20]);
     }
 
     #[test]

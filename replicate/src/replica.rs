@@ -16,7 +16,8 @@ use crate::message::{FenceReply, Fenced, Hello, HelloReply, Message, Role, Ship,
 pub enum ReplicaCommand {
     /// Persist the node's epoch (write + fsync).
     PersistEpoch { epoch: u64 },
-    /// Persist the epoch history received from the primary.
+    /// Persist the history of this node's own log (it changes when the log reaches an epoch's start
+    /// or is replaced by a snapshot). Emitted only once the records it describes are durable.
     PersistHistory { history: EpochHistory },
     /// Send on the connection the event came from.
     Reply(Message),
@@ -64,7 +65,14 @@ pub struct Replica {
     epoch: u64,
     /// The node followed in `epoch` (id and address), once known.
     primary: Option<(u128, String)>,
+    /// The history of this node's own log, as far as it is appended (`EpochHistory::prefix` of
+    /// the histories of the logs it copied). Positions report its last epoch as `epoch_last`.
     history: EpochHistory,
+    /// The part of `history` that covers durable records: what is persisted.
+    history_durable: EpochHistory,
+    /// The history of the log records come from: the primary's (from its Hello), or, while
+    /// promoting, the peer fetched from. Records are appended only when it is known.
+    source_history: Option<EpochHistory>,
     followers: Vec<Follower>,
     fence_reply_pending: bool,
 }
@@ -78,14 +86,18 @@ impl Replica {
             .enumerate()
             .map(|(shard, position)| Follower::new(shard as u16, position))
             .collect();
-        Replica {
+        let mut replica = Replica {
             node_id,
             epoch,
             primary: None,
+            history_durable: history.clone(),
             history,
+            source_history: None,
             followers,
             fence_reply_pending: false,
-        }
+        };
+        replica.refresh_epochs_last();
+        replica
     }
 
     pub fn epoch(&self) -> u64 {
@@ -97,8 +109,15 @@ impl Replica {
         self.primary.as_ref().map(|(_, addr)| addr.as_str())
     }
 
+    /// The history of this node's own log (appended records).
     pub fn history(&self) -> &EpochHistory {
         &self.history
+    }
+
+    /// Records to append come from a log described by `history` from now on (a promotion fetching
+    /// from a peer: the peer's own history, from its FenceReply).
+    pub fn fetch_from(&mut self, history: EpochHistory) {
+        self.source_history = Some(history);
     }
 
     pub fn positions(&self) -> Vec<StreamPosition> {
@@ -136,7 +155,7 @@ impl Replica {
                     lsn_to,
                 }])
             }
-            Message::Ship(ship) => self.stream_message(ship.shard, ship.epoch, |f, epoch| f.ship(epoch, ship)),
+            Message::Ship(ship) => self.ship(ship),
             Message::SnapshotBegin(begin) => {
                 self.stream_message(begin.shard, begin.epoch, |f, _| f.snapshot_begin(begin))
             }
@@ -144,7 +163,26 @@ impl Replica {
                 self.stream_message(chunk.shard, chunk.epoch, |f, epoch| f.snapshot_chunk(epoch, chunk))
             }
             Message::SnapshotEnd(end) => {
-                self.stream_message(end.shard, end.epoch, |f, epoch| f.snapshot_end(epoch, end))
+                let (shard, lsn) = (end.shard, end.lsn);
+                self.follower(shard)?;
+                if end.epoch != self.epoch {
+                    return self.stream_message(shard, end.epoch, |_, _| Vec::new());
+                }
+                let Some(source) = self.source_history.clone() else {
+                    return Ok(Vec::new());
+                };
+                let commands = self.stream_message(shard, end.epoch, |f, epoch| f.snapshot_end(epoch, end))?;
+                if commands
+                    .iter()
+                    .any(|c| matches!(c, ReplicaCommand::SnapshotInstall { .. }))
+                {
+                    // The log is replaced by the source's first `lsn` records.
+                    self.history = source.prefix(shard, lsn);
+                    self.history_durable = EpochHistory::new();
+                    let epoch_last = self.history.epoch_last();
+                    self.followers[usize::from(shard)].set_epoch_last(epoch_last);
+                }
+                Ok(commands)
             }
             Message::HelloReply(_)
             | Message::Fenced(_)
@@ -159,7 +197,9 @@ impl Replica {
     /// The runtime fsynced mirror stream `shard` up to `lsn`.
     pub fn synced(&mut self, shard: u16, lsn: u64) -> Vec<ReplicaCommand> {
         let epoch = self.epoch;
-        let mut commands = self.followers[usize::from(shard)].synced(epoch, lsn);
+        // The history's entries for records now durable are persisted before the ack leaves.
+        let mut commands = self.persist_history_to(shard, lsn);
+        commands.extend(self.followers[usize::from(shard)].synced(epoch, lsn));
         commands.extend(self.fence_reply_if_settled());
         commands
     }
@@ -167,7 +207,30 @@ impl Replica {
     /// The runtime installed the snapshot of `lsn` on mirror stream `shard`.
     pub fn snapshot_installed(&mut self, shard: u16, lsn: u64) -> Vec<ReplicaCommand> {
         let epoch = self.epoch;
-        self.followers[usize::from(shard)].snapshot_installed(epoch, lsn)
+        let mut commands = self.persist_history_to(shard, lsn);
+        commands.extend(self.followers[usize::from(shard)].snapshot_installed(epoch, lsn));
+        commands
+    }
+
+    /// `PersistHistory` of the part of `history` covering records up to `lsn`, if it changed.
+    fn persist_history_to(&mut self, shard: u16, lsn: u64) -> Vec<ReplicaCommand> {
+        let durable = self.history.prefix(shard, lsn);
+        if durable == self.history_durable {
+            return Vec::new();
+        }
+        self.history_durable = durable.clone();
+        vec![ReplicaCommand::PersistHistory { history: durable }]
+    }
+
+    /// Every follower's `epoch_last` is its log's last epoch (in the runtime one stream moves per
+    /// `Replica`; the others stay empty).
+    fn refresh_epochs_last(&mut self) {
+        let epoch_last = self.history.epoch_last();
+        for follower in &mut self.followers {
+            if follower.position().lsn_appended > 0 {
+                follower.set_epoch_last(epoch_last);
+            }
+        }
     }
 
     /// A frame from the primary failed its checksum (`DecodeError::Corrupt`): every stream asks for
@@ -190,8 +253,18 @@ impl Replica {
         assert!(epoch > self.epoch, "a promotion raises the epoch");
         self.epoch = epoch;
         self.primary = Some((self.node_id, addr.to_owned()));
+        self.source_history = None;
         self.fence_reply_pending = false;
         self.followers.iter_mut().flat_map(Follower::connection_reset).collect()
+    }
+
+    /// A promotion that no peer accepted failed: the node is back at `epoch`, the last one it
+    /// accepted (the promotion's epoch does not exist), following nobody until a primary's Hello.
+    pub fn promote_abort(&mut self, epoch: u64) {
+        assert!(epoch <= self.epoch);
+        self.epoch = epoch;
+        self.primary = None;
+        self.source_history = None;
     }
 
     fn follower(&self, shard: u16) -> Result<&Follower, ReplicateError> {
@@ -218,15 +291,40 @@ impl Replica {
         if epoch < self.epoch {
             return Ok(vec![self.fenced_reply()]);
         }
-        let mut commands = Vec::new();
         if epoch > self.epoch {
-            // A newer primary whose Hello we missed: follow it (its address comes with its Hello).
-            self.epoch = epoch;
-            self.primary = None;
-            self.fence_reply_pending = false;
-            commands.push(ReplicaCommand::PersistEpoch { epoch });
+            // Every connection starts with a Hello, which adopts its epoch: stream messages of a
+            // newer one arrive on a connection whose Hello this node refused, or never got.
+            return Err(ReplicateError::Protocol {
+                reason: "a stream message of a newer epoch without its Hello",
+            });
         }
-        commands.extend(handle(&mut self.followers[usize::from(shard)], self.epoch));
+        Ok(handle(&mut self.followers[usize::from(shard)], self.epoch))
+    }
+
+    fn ship(&mut self, ship: Ship) -> Result<Vec<ReplicaCommand>, ReplicateError> {
+        let shard = ship.shard;
+        self.follower(shard)?;
+        if ship.epoch != self.epoch {
+            return self.stream_message(shard, ship.epoch, |_, _| Vec::new());
+        }
+        let Some(source) = &self.source_history else {
+            // A primary's Hello (or a promotion's plan) says which log records come from; without
+            // it nothing is appended (the next Hello resynchronises).
+            return Ok(Vec::new());
+        };
+        let lsn_last = ship.lsn_last;
+        let source = source.clone();
+        let mut commands = self.stream_message(shard, ship.epoch, |f, epoch| f.ship(epoch, ship))?;
+        if commands.iter().any(|c| matches!(c, ReplicaCommand::Append { .. })) {
+            self.history = source.prefix(shard, lsn_last);
+            let epoch_last = self.history.epoch_last();
+            self.followers[usize::from(shard)].set_epoch_last(epoch_last);
+            for command in &mut commands {
+                if let ReplicaCommand::Append { epoch, .. } = command {
+                    *epoch = epoch_last;
+                }
+            }
+        }
         Ok(commands)
     }
 
@@ -246,6 +344,7 @@ impl Replica {
                 node_id: replica.node_id,
                 epoch: replica.epoch,
                 streams: replica.positions(),
+                history: replica.history.clone(),
             }))
         };
         if hello.role == Role::Promoter {
@@ -261,10 +360,9 @@ impl Replica {
             self.epoch = hello.epoch;
             commands.push(ReplicaCommand::PersistEpoch { epoch: hello.epoch });
         }
-        if hello.history != self.history && hello.history.epoch_last() >= self.history.epoch_last() {
-            self.history = hello.history.clone();
-            commands.push(ReplicaCommand::PersistHistory { history: hello.history });
-        }
+        // The primary's history describes the log its records come from; this node's own history
+        // changes only as it appends them (or installs the primary's snapshot).
+        self.source_history = Some(hello.history);
         self.primary = Some((hello.node_id, hello.addr));
         self.fence_reply_pending = false;
         for follower in &mut self.followers {
@@ -280,6 +378,8 @@ impl Replica {
         }
         self.epoch = epoch_new;
         self.primary = Some((node_id, primary_new));
+        // Nothing more is appended until the new primary's Hello says what its log is.
+        self.source_history = None;
         let mut commands = vec![ReplicaCommand::PersistEpoch { epoch: epoch_new }];
         for follower in &mut self.followers {
             commands.extend(follower.connection_reset());
@@ -298,6 +398,7 @@ impl Replica {
             node_id: self.node_id,
             epoch: self.epoch,
             streams: self.positions(),
+            history: self.history.clone(),
         }))]
     }
 }
@@ -340,8 +441,15 @@ mod tests {
             role: Role::Primary,
             shards: 1,
             addr: "p:7000".into(),
-            history: EpochHistory::new(),
+            history: written_by(epoch),
         })
+    }
+
+    /// The history of a one-stream log written from lsn 1 by `epoch`'s primary.
+    fn written_by(epoch: u64) -> EpochHistory {
+        let mut h = EpochHistory::new();
+        h.push(epoch, vec![1]);
+        h
     }
 
     fn ack(epoch: u64, lsn: u64) -> ReplicaCommand {
@@ -394,7 +502,8 @@ mod tests {
                 Reply(Message::HelloReply(HelloReply {
                     node_id: 9,
                     epoch: 2,
-                    streams: vec![pos(1, 4, 4)],
+                    streams: vec![pos(0, 4, 4)],
+                    history: EpochHistory::new(),
                 }))
             ])
         );
@@ -436,7 +545,11 @@ mod tests {
         let s = ship(1, 1, 3);
         assert_eq!(r.on_message(Message::Ship(s.clone())), Ok(vec![append(1, 1, s)]));
         assert_eq!(r.positions(), vec![pos(1, 0, 3)]);
-        assert_eq!(r.synced(0, 3), vec![ack(1, 3)]);
+        assert_eq!(
+            r.synced(0, 3),
+            vec![PersistHistory { history: written_by(1) }, ack(1, 3)],
+            "the log's history is durable before the first ack of its records"
+        );
         assert_eq!(r.synced(0, 3), vec![], "a repeated sync acks nothing new");
     }
 
@@ -487,7 +600,7 @@ mod tests {
     }
 
     #[test]
-    fn ships_of_an_older_epoch_are_fenced_and_a_newer_epoch_is_adopted() {
+    fn ships_of_an_older_epoch_are_fenced_and_of_a_newer_one_refused() {
         let mut r = following();
         r.on_message(hello(2)).unwrap();
         assert_eq!(
@@ -497,13 +610,15 @@ mod tests {
                 primary: "p:7000".into()
             }))])
         );
-        let s = ship(3, 1, 1);
         assert_eq!(
-            r.on_message(Message::Ship(s.clone())),
-            Ok(vec![PersistEpoch { epoch: 3 }, append(3, 1, s)])
+            r.on_message(Message::Ship(ship(3, 1, 1))),
+            Err(ReplicateError::Protocol {
+                reason: "a stream message of a newer epoch without its Hello"
+            }),
+            "a newer epoch is adopted only through its primary's Hello (with its history)"
         );
-        assert_eq!(r.synced(0, 1), vec![ack(3, 1)]);
-        assert_eq!(r.positions(), vec![pos(3, 1, 1)]);
+        assert_eq!(r.epoch(), 2);
+        assert_eq!(r.positions(), vec![pos(0, 0, 0)], "nothing appended");
     }
 
     fn begin(lsn: u64, total: u64) -> Message {
@@ -561,7 +676,11 @@ mod tests {
             r.on_message(end(50, 6, b"abcdef")),
             Ok(vec![SnapshotInstall { shard: 0, lsn: 50 }])
         );
-        assert_eq!(r.snapshot_installed(0, 50), vec![ack(1, 50)]);
+        assert_eq!(
+            r.snapshot_installed(0, 50),
+            vec![PersistHistory { history: written_by(1) }, ack(1, 50)],
+            "the log is the primary's first 50 records: its history is persisted once installed"
+        );
         let s = ship(1, 51, 51);
         assert_eq!(r.on_message(Message::Ship(s.clone())), Ok(vec![append(1, 51, s)]));
     }
@@ -613,6 +732,7 @@ mod tests {
                     node_id: 9,
                     epoch: 2,
                     streams: vec![pos(1, 4, 4)],
+                    history: written_by(1),
                 }))
             ]
         );

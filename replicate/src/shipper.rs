@@ -152,13 +152,15 @@ impl Shipper {
         self.lsn_sent_max = self.lsn_acked;
     }
 
-    /// The replica's HelloReply: its epoch and its position for this shard. `history` is the
-    /// primary's epoch history. Resumes after the replica's appended lsn when its log is a prefix of
-    /// ours and still reachable from our retained log; otherwise sends a snapshot.
+    /// The replica's HelloReply: its epoch, its position for this shard and its log's history
+    /// (`replica_history`). `history` is the primary's own. Resumes after the replica's appended lsn
+    /// when its log is a prefix of ours (`EpochHistory::lsn_common`) and still reachable from our
+    /// retained log; otherwise sends a snapshot.
     pub fn hello_reply(
         &mut self,
         epoch: u64,
         position: StreamPosition,
+        replica_history: &EpochHistory,
         history: &EpochHistory,
     ) -> Result<Vec<ShipperCommand>, ReplicateError> {
         if let Some(step_down) = self.higher_epoch(epoch, String::new()) {
@@ -171,11 +173,11 @@ impl Shipper {
             return Err(self.protocol("HelloReply with an older epoch than the Hello"));
         }
         let StreamPosition {
-            epoch_last,
             lsn_durable,
             lsn_appended,
+            ..
         } = position;
-        let shared = history.lsn_shared(self.shard, epoch_last, lsn_appended).unwrap_or(0);
+        let shared = history.lsn_common(self.shard, self.lsn_available, replica_history, lsn_appended);
         let is_prefix = shared == lsn_appended && lsn_appended <= self.lsn_available;
         if is_prefix && lsn_appended + 1 >= self.lsn_retained_first {
             self.lsn_acked = lsn_durable;
@@ -378,7 +380,7 @@ mod tests {
     fn streaming(lsn: u64) -> Shipper {
         let mut s = Shipper::new(0, 1, lsn, 1);
         s.connected();
-        assert_eq!(s.hello_reply(1, at(1, lsn, lsn), &history()), Ok(vec![]));
+        assert_eq!(s.hello_reply(1, at(1, lsn, lsn), &history(), &history()), Ok(vec![]));
         s
     }
 
@@ -388,7 +390,7 @@ mod tests {
         assert_eq!(s.sealed(25), vec![], "nothing is sent before the handshake");
         s.connected();
         assert_eq!(
-            s.hello_reply(1, at(1, 8, 10), &history()),
+            s.hello_reply(1, at(1, 8, 10), &history(), &history()),
             Ok(vec![SendRange {
                 shard: 0,
                 lsn_first: 11,
@@ -511,7 +513,7 @@ mod tests {
         let mut s = Shipper::new(0, 1, 100, 50);
         s.connected();
         assert_eq!(
-            s.hello_reply(1, at(1, 10, 10), &history()),
+            s.hello_reply(1, at(1, 10, 10), &history(), &history()),
             Ok(vec![
                 Lagging {
                     shard: 0,
@@ -537,11 +539,11 @@ mod tests {
     fn retention_passing_the_send_point_switches_to_a_snapshot() {
         let mut s = Shipper::new(0, 1, 10, 1);
         s.connected();
-        s.hello_reply(1, at(1, 10, 10), &history()).unwrap();
+        s.hello_reply(1, at(1, 10, 10), &history(), &history()).unwrap();
         assert_eq!(s.retained_from(5), vec![], "the replica needs nothing before 11");
         s.disconnected();
         s.connected();
-        s.hello_reply(1, at(1, 3, 3), &history()).unwrap();
+        s.hello_reply(1, at(1, 3, 3), &history(), &history()).unwrap();
         assert_eq!(s.state(), ShipperState::Snapshotting);
     }
 
@@ -554,7 +556,7 @@ mod tests {
         let mut s = Shipper::new(0, 2, 120, 1);
         s.connected();
         assert_eq!(
-            s.hello_reply(2, at(1, 105, 105), &h),
+            s.hello_reply(2, at(1, 105, 105), &history(), &h),
             Ok(vec![
                 Lagging {
                     shard: 0,
@@ -567,7 +569,7 @@ mod tests {
         s.disconnected();
         s.connected();
         assert_eq!(
-            s.hello_reply(2, at(2, 105, 105), &h),
+            s.hello_reply(2, at(2, 105, 105), &h.prefix(0, 105), &h),
             Ok(vec![SendRange {
                 shard: 0,
                 lsn_first: 106,

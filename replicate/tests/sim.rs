@@ -226,7 +226,7 @@ impl Cluster {
                 panic!("hello answered with {reply:?}")
             };
             let commands = self.shippers[i]
-                .hello_reply(reply.epoch, reply.streams[0], &self.history)
+                .hello_reply(reply.epoch, reply.streams[0], &reply.history, &self.history)
                 .expect("a consistent replica");
             self.run_shipper(i, commands);
         }
@@ -451,7 +451,9 @@ fn promote(promoter: &mut Node, peer: &mut Node, peer_log: &[(u64, Vec<u8>, i64)
         let mut next = Vec::new();
         for command in pending.drain(..) {
             match command {
+                PromotionCommand::PersistProposal { .. } => {}
                 PromotionCommand::PersistEpoch { epoch } => promoter.epochs_persisted.push(epoch),
+                PromotionCommand::FetchFrom { history } => promoter.replica.fetch_from(history),
                 PromotionCommand::Send { peer: 0, message } => {
                     let mut frame = Vec::new();
                     message.encode(&mut frame);

@@ -33,9 +33,9 @@ fn main() -> ExitCode {
             std::process::exit(1);
         }
     });
-    let mut promoted = false;
+    let mut role_changed: Option<PersistedRole> = None;
     loop {
-        let node = match Node::start_after(&config, promoted) {
+        let node = match Node::start_after(&config, role_changed.as_ref()) {
             Ok(node) => node,
             Err(error) => {
                 eprintln!("tallyd: {error}");
@@ -67,7 +67,7 @@ fn main() -> ExitCode {
         match role_change {
             Some(role) => {
                 log!(Level::Info, "restarting as {role:?}");
-                promoted = role == PersistedRole::Primary;
+                role_changed = Some(role);
             }
             None => break,
         }

@@ -44,6 +44,10 @@ pub const RESEND_MS: u64 = 1_000;
 pub const REPL_TICK_MS: u64 = 50;
 /// A replica with a gap and no progress for this long asks again (`Replica::need_timeout`).
 pub const NEED_MS: u64 = 500;
+/// How long a restarting primary's probe waits for its peers' answers before it tries again.
+pub const CANDIDATE_PROBE_MS: u64 = 3_000;
+/// The pause between two probes (or promotions) of a restarting primary that found no majority.
+pub const CANDIDATE_RETRY_MS: u64 = 1_000;
 /// The ship log's bound per shard: records a replica can catch up from without a snapshot.
 pub const SHIP_LOG_BYTES_MAX: usize = 64 << 20;
 /// Messages a peer connection may have queued for writing; beyond, the connection is dropped (the
@@ -67,6 +71,9 @@ pub struct ReplSettings {
     pub ack_namespaces: Vec<(Vec<u8>, AckMode)>,
     pub wait: Duration,
     pub shards: u16,
+    /// This run is a restarting primary re-establishing its epoch (it serves as a replica until
+    /// then: `candidate_loop`).
+    pub candidate: bool,
 }
 
 impl ReplSettings {
@@ -227,6 +234,12 @@ impl ShardRepl {
     /// Why this shard refuses writes now, if it does: it is a replica, a primary that stepped
     /// down, or a primary no replica has confirmed yet.
     pub fn refuses_writes(&self) -> Option<String> {
+        if self.replica.is_some() && self.settings.candidate {
+            return Some(
+                "this node restarted as primary and takes writes once a majority of its group accepts a new epoch from it (or it steps down for a newer primary); retry shortly"
+                    .into(),
+            );
+        }
         if self.replica.is_some() {
             let primary = self
                 .replica

@@ -84,6 +84,7 @@ impl PrimarySide {
         lsn_sealed: u64,
         retained_first: u64,
         lsn_durable: u64,
+        lsn_floor: u64,
     ) -> PrimarySide {
         let links = peers
             .iter()
@@ -103,7 +104,7 @@ impl PrimarySide {
             .collect();
         PrimarySide {
             links,
-            quorum: RefCell::new(Quorum::new(peers.len(), lsn_durable)),
+            quorum: RefCell::new(Quorum::new(peers.len(), lsn_durable).with_floor(lsn_floor)),
             confirmed: Cell::new(false),
             retained_first: Cell::new(retained_first),
         }
@@ -260,7 +261,7 @@ async fn read_replies<R: futures_lite::AsyncRead + Unpin>(
                 let commands = link
                     .shipper
                     .borrow_mut()
-                    .hello_reply(reply.epoch, position, &history)
+                    .hello_reply(reply.epoch, position, &reply.history, &history)
                     .map_err(|e| e.to_string())?;
                 if matches!(
                     link.shipper.borrow().state(),

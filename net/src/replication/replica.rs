@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use glommio::sync::Semaphore;
 use tally_engine::Shard;
-use tally_replicate::{decode_records, Fenced, Message, Promotion, PromotionCommand, Replica, ReplicaCommand, Ship};
+use tally_replicate::{
+    decode_records, Fenced, Hello, Message, Probe, ProbeOutcome, Promotion, PromotionCommand, Replica, ReplicaCommand,
+    Role, Ship, PROTOCOL_VERSION,
+};
 use tally_wal::Room;
 
 use super::state::PersistedRole;
@@ -95,6 +98,11 @@ pub struct ReplicaSide {
 }
 
 impl ReplicaSide {
+    /// Whether a promotion of this shard is running.
+    pub fn promoting(&self) -> bool {
+        self.promoting.get()
+    }
+
     pub fn new(replica: Replica) -> ReplicaSide {
         ReplicaSide {
             replica: RefCell::new(replica),
@@ -228,11 +236,9 @@ pub async fn execute(
                     outbox.send(message);
                 }
             }
-            ReplicaCommand::Append {
-                epoch, lsn_from, ship, ..
-            } => {
+            ReplicaCommand::Append { lsn_from, ship, .. } => {
                 let lsn_last = ship.lsn_last;
-                append(runtime, epoch, lsn_from, &ship).await?;
+                append(runtime, lsn_from, &ship).await?;
                 let runtime = runtime.clone();
                 glommio::spawn_local(async move {
                     if runtime.durable.wait(lsn_last).await.is_ok() {
@@ -301,15 +307,11 @@ pub async fn execute(
 }
 
 /// Appends `ship`'s records from `lsn_from` to the WAL (same lsns) and replays them into the engine.
-async fn append(runtime: &Rc<ShardRuntime>, epoch: u64, lsn_from: u64, ship: &Ship) -> Result<(), String> {
+/// (The log's history is persisted by `PersistHistory` once these records are durable: a history
+/// ahead of the durable log would claim an epoch the log does not hold.)
+async fn append(runtime: &Rc<ShardRuntime>, lsn_from: u64, ship: &Ship) -> Result<(), String> {
     let shard = runtime.id;
     let repl = &runtime.repl;
-    if repl.stream.borrow().epoch_last != epoch {
-        // Durable before the records are: a restart must not take them for an older epoch's.
-        let mut stream = repl.stream.borrow_mut();
-        stream.epoch_last = epoch;
-        stream.store(&repl.dir)?;
-    }
     let count = ship.lsn_last - ship.lsn_first + 1;
     let mut next = lsn_from;
     while next <= ship.lsn_last {
@@ -408,23 +410,12 @@ async fn install(runtime: &Rc<ShardRuntime>, lsn: u64, body: &[u8]) -> Result<()
     runtime.durable.reset(lsn);
     runtime.node.lsn_durable[shard as usize].store(lsn, std::sync::atomic::Ordering::Release);
     repl.ship_log.borrow_mut().reset(lsn + 1);
-    let epoch = side_epoch(runtime);
-    let mut stream = repl.stream.borrow_mut();
-    stream.epoch_last = epoch;
-    stream.store(&repl.dir)?;
+    // The log's history (the primary's, up to `lsn`) is persisted next, by `snapshot_installed`.
     log!(
         Level::Info,
         "shard {shard}: installed the primary's snapshot at lsn {lsn}"
     );
     Ok(())
-}
-
-fn side_epoch(runtime: &ShardRuntime) -> u64 {
-    runtime
-        .repl
-        .replica
-        .as_ref()
-        .map_or(runtime.repl.stream.borrow().epoch, |side| side.replica.borrow().epoch())
 }
 
 /// Asks for missed records now and then (`Replica::need_timeout`), until shutdown.
@@ -469,17 +460,26 @@ pub fn step_down(runtime: &Rc<ShardRuntime>, epoch: u64, primary: &str) {
 }
 
 /// Promotes this shard's stream (see `Promotion`): fences the peers, fetches what they have that
-/// this shard lacks, and persists the new epoch and history. Returns the epoch.
-pub async fn promote(runtime: Rc<ShardRuntime>, force: bool, wait: Duration) -> Result<u64, String> {
+/// this shard lacks, and persists the new epoch and history. Returns the epoch. `epoch_seen`: an
+/// epoch some peer knows (a restarting primary's probe), which the new one must exceed.
+pub async fn promote(runtime: Rc<ShardRuntime>, force: bool, wait: Duration, epoch_seen: u64) -> Result<u64, String> {
     let shard = runtime.id;
     let repl = &runtime.repl;
     let side = repl.replica.as_ref().ok_or("this node is already primary")?;
     side.promoting.set(true);
     let peers = repl.settings.peers.clone();
     let deadline_ms = now_ms() + wait.as_millis() as u64;
+    let epoch_floor = repl.stream.borrow().epoch_proposed.max(epoch_seen);
     let (mut promotion, commands, replica_commands) = {
         let mut replica = side.replica.borrow_mut();
-        Promotion::start(&mut replica, &repl.settings.addr, 0, peers.len(), force, deadline_ms)
+        Promotion::start(
+            &mut replica,
+            &repl.settings.addr,
+            epoch_floor,
+            peers.len(),
+            force,
+            deadline_ms,
+        )
     };
     *side.primary_out.borrow_mut() = None;
     execute(&runtime, None, replica_commands).await?;
@@ -492,11 +492,18 @@ pub async fn promote(runtime: Rc<ShardRuntime>, force: bool, wait: Duration) -> 
     loop {
         while let Some(command) = pending.pop_front() {
             match command {
+                PromotionCommand::PersistProposal { epoch } => {
+                    let mut stream = repl.stream.borrow_mut();
+                    stream.epoch_proposed = stream.epoch_proposed.max(epoch);
+                    stream.store(&repl.dir)?;
+                }
                 PromotionCommand::PersistEpoch { epoch } => {
+                    // A peer accepted it durably: the epoch exists.
                     let mut stream = repl.stream.borrow_mut();
                     stream.epoch = stream.epoch.max(epoch);
                     stream.store(&repl.dir)?;
                 }
+                PromotionCommand::FetchFrom { history } => side.replica.borrow_mut().fetch_from(history),
                 PromotionCommand::Send { peer, message } => {
                     if outboxes[peer].as_ref().is_none_or(|o| o.closed.get()) {
                         outboxes[peer] = open_peer(&runtime, peer, peers[peer], &inbox, &arrived).await;
@@ -518,7 +525,7 @@ pub async fn promote(runtime: Rc<ShardRuntime>, force: bool, wait: Duration) -> 
                     return Ok(epoch);
                 }
                 PromotionCommand::Failed(e) => {
-                    side.promoting.set(false);
+                    abort_promotion(side, &promotion);
                     for outbox in outboxes.iter().flatten() {
                         outbox.close();
                     }
@@ -527,7 +534,10 @@ pub async fn promote(runtime: Rc<ShardRuntime>, force: bool, wait: Duration) -> 
             }
         }
         if Instant::now() > hard_deadline || shutdown_requested(&runtime.node) {
-            side.promoting.set(false);
+            abort_promotion(side, &promotion);
+            for outbox in outboxes.iter().flatten() {
+                outbox.close();
+            }
             return Err(format!("shard {shard}: promotion did not finish"));
         }
         futures_lite::future::or(
@@ -574,6 +584,79 @@ pub async fn promote(runtime: Rc<ShardRuntime>, force: bool, wait: Duration) -> 
                 Some(_) => {}
             }
         }
+    }
+}
+
+/// A restarting primary's probe (`Probe`, docs/replication.md "Restarts"): a Hello of this node's
+/// epoch to each peer's port for this shard, answered with `HelloReply` (the peer follows this
+/// epoch) or `Fenced` (it knows a newer one, and maybe its primary). Returns once the probe decided
+/// or `wait` passed.
+pub async fn probe(runtime: &Rc<ShardRuntime>, wait: Duration) -> ProbeOutcome {
+    let repl = &runtime.repl;
+    let peers = repl.settings.peers.clone();
+    let (epoch, history) = {
+        let stream = repl.stream.borrow();
+        (stream.epoch, stream.history.clone())
+    };
+    let mut probe = Probe::new(
+        epoch,
+        &repl.settings.addr,
+        peers.len(),
+        now_ms() + wait.as_millis() as u64,
+    );
+    let inbox: Inbox = Rc::new(RefCell::new(VecDeque::new()));
+    let arrived = Rc::new(Semaphore::new(0));
+    let mut outboxes = Vec::new();
+    for (peer, addr) in peers.iter().enumerate() {
+        let Some(outbox) = open_peer(runtime, peer, *addr, &inbox, &arrived).await else {
+            continue;
+        };
+        outbox.send(Message::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            node_id: repl.settings.node_id,
+            epoch,
+            role: Role::Primary,
+            shards: repl.settings.shards,
+            addr: repl.settings.addr.clone(),
+            history: history.clone(),
+        }));
+        outboxes.push(outbox);
+    }
+    while *probe.outcome() == ProbeOutcome::Pending && !shutdown_requested(&runtime.node) {
+        futures_lite::future::or(
+            async {
+                let _ = arrived.acquire(1).await;
+            },
+            glommio::timer::sleep(Duration::from_millis(50)),
+        )
+        .await;
+        crate::durability::take_wakeups(&arrived);
+        let events: Vec<_> = inbox.borrow_mut().drain(..).collect();
+        for (peer, message) in events {
+            match message {
+                Some(Message::HelloReply(reply)) => {
+                    probe.hello_reply(peer, &reply);
+                }
+                Some(Message::Fenced(fenced)) => {
+                    probe.fenced(peer, &fenced);
+                }
+                _ => {}
+            }
+        }
+        probe.tick(now_ms());
+    }
+    for outbox in &outboxes {
+        outbox.close();
+    }
+    probe.outcome().clone()
+}
+
+/// A promotion ended without becoming primary. If no peer accepted its epoch, that epoch does not
+/// exist: the node returns to the one it had (only the proposal stays persisted).
+fn abort_promotion(side: &ReplicaSide, promotion: &Promotion) {
+    side.promoting.set(false);
+    if !promotion.accepted() {
+        side.replica.borrow_mut().promote_abort(promotion.epoch_before());
     }
 }
 

@@ -37,9 +37,14 @@ pub struct NodeState {
 /// `DATA_DIR/shard-N/replication`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct StreamState {
+    /// The epoch this node accepted last (its fencing token): it acts under no other.
     pub epoch: u64,
-    /// The epoch under which the log's last record was written (0: no record yet).
-    pub epoch_last: u64,
+    /// The highest epoch this node ever proposed in a promotion (≥ what it accepted of its own):
+    /// a later promotion proposes a higher one, so no epoch number is used twice.
+    pub epoch_proposed: u64,
+    /// The history of this shard's own log: the epochs whose primaries wrote it, each with the lsn
+    /// its own writes began (`tally_replicate::EpochHistory`). Its last epoch is the log's
+    /// `epoch_last`.
     pub history: EpochHistory,
 }
 
@@ -158,7 +163,9 @@ impl StreamState {
             let numbers = numbers.map_err(|_| bad(&path, line))?;
             match (key, numbers.as_slice()) {
                 ("epoch", [epoch]) => state.epoch = *epoch,
-                ("epoch_last", [epoch]) => state.epoch_last = *epoch,
+                ("epoch_proposed", [epoch]) => state.epoch_proposed = *epoch,
+                // Written by earlier versions; the history's last epoch says the same.
+                ("epoch_last", [_]) => {}
                 ("history", [epoch, lsns @ ..]) if !lsns.is_empty() => entries.push(EpochStart {
                     epoch: *epoch,
                     lsn_first: lsns.to_vec(),
@@ -172,7 +179,7 @@ impl StreamState {
     }
 
     pub fn store(&self, shard_dir: &Path) -> Result<(), String> {
-        let mut text = format!("epoch {}\nepoch_last {}\n", self.epoch, self.epoch_last);
+        let mut text = format!("epoch {}\nepoch_proposed {}\n", self.epoch, self.epoch_proposed);
         for entry in self.history.entries() {
             text.push_str(&format!("history {}", entry.epoch));
             for lsn in &entry.lsn_first {
@@ -227,7 +234,7 @@ mod tests {
         history.push(3, vec![40, 17]);
         let state = StreamState {
             epoch: 4,
-            epoch_last: 3,
+            epoch_proposed: 6,
             history,
         };
         state.store(&dir).unwrap();
