@@ -179,7 +179,7 @@ fn stats_reply(shard: &ShardRuntime, shards: &[Option<ShardFigures>]) -> Reply {
     let mut answered: Vec<&ShardFigures> = shards.iter().flatten().collect();
     stats
         .figures
-        .push(("node.role".into(), i64::from(shard.repl.replica.is_some())));
+        .push(("node.role".into(), node_role(shard)));
     let epoch = answered.iter().map(|f| f.epoch).max().unwrap_or(0);
     stats
         .figures
@@ -531,6 +531,16 @@ async fn serve_frame(conn: &Rc<Conn>, header: &FrameHeader, body: &[u8]) {
             }
         })
         .detach();
+    }
+}
+
+/// STATS `node.role`: 0 primary, 1 replica, 2 a restarting primary re-establishing its epoch
+/// (it serves as a replica meanwhile and takes no writes).
+fn node_role(shard: &ShardRuntime) -> i64 {
+    match (&shard.repl.replica, shard.repl.settings.candidate) {
+        (None, _) => 0,
+        (Some(_), false) => 1,
+        (Some(_), true) => 2,
     }
 }
 

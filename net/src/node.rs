@@ -1002,7 +1002,9 @@ async fn barrier(shared: &NodeShared, counter: &AtomicUsize) -> bool {
 /// Runs the engine's periodic work until shutdown is requested.
 async fn tick_until_shutdown(runtime: &Rc<ShardRuntime>, hot: &HotConfig) {
     let mut next_tick = Instant::now() + Duration::from_millis(hot.tick_ms);
-    let mut promotions_seen = runtime.node.promote_generation.load(Ordering::Acquire);
+    // From 0, not the current generation: a promotion requested before this shard got here (a
+    // restarting primary's candidate loop on shard 0 may ask within ms of starting) is still its.
+    let mut promotions_seen = 0;
     let mut commit_poked = Instant::now();
     loop {
         glommio::timer::sleep(Duration::from_millis(SHUTDOWN_POLL_MS)).await;

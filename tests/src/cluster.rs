@@ -32,6 +32,8 @@ pub const PRIMARY: usize = 0;
 /// `node.role` values in STATS.
 pub const ROLE_PRIMARY: i64 = 0;
 pub const ROLE_REPLICA: i64 = 1;
+/// A restarting primary re-establishing its epoch (it serves as a replica meanwhile).
+pub const ROLE_CANDIDATE: i64 = 2;
 
 /// A node's place: its ports and data directory, which survive restarts of its process.
 pub struct Slot {

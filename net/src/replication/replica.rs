@@ -491,6 +491,7 @@ pub async fn promote(runtime: Rc<ShardRuntime>, force: bool, wait: Duration, epo
     let hard_deadline = Instant::now() + wait + Duration::from_secs(30);
     loop {
         while let Some(command) = pending.pop_front() {
+            log!(Level::Debug, "shard {shard}: promotion: {command:?}");
             match command {
                 PromotionCommand::PersistProposal { epoch } => {
                     let mut stream = repl.stream.borrow_mut();
