@@ -251,7 +251,7 @@ impl Run {
             }
             if Instant::now() >= deadline {
                 self.fail(&format!(
-                    "no single writable primary within {CONVERGE_TIMEOUT:?} of healing: node.role per node {roles:?} (0 primary, 1 replica)"
+                    "no single writable primary within {CONVERGE_TIMEOUT:?} of healing: node.role per node {roles:?} (0 primary, 1 replica, 2 candidate re-establishing its epoch)"
                 ));
             }
             std::thread::sleep(Duration::from_millis(50));
