@@ -177,9 +177,7 @@ fn stats_reply(shard: &ShardRuntime, shards: &[Option<ShardFigures>]) -> Reply {
         .figures
         .push(("node.shards_answered".into(), shards.iter().flatten().count() as i64));
     let mut answered: Vec<&ShardFigures> = shards.iter().flatten().collect();
-    stats
-        .figures
-        .push(("node.role".into(), node_role(shard)));
+    stats.figures.push(("node.role".into(), node_role(shard)));
     let epoch = answered.iter().map(|f| f.epoch).max().unwrap_or(0);
     stats
         .figures

@@ -24,7 +24,7 @@ use crate::replica::{Replica, ReplicaCommand};
 
 /// How many peers must answer for a majority of a group of `peers + 1` nodes (the promoter is one).
 pub fn peers_for_majority(peers: usize) -> usize {
-    (peers + 1) / 2
+    peers.div_ceil(2)
 }
 
 /// What the runtime must do for a promotion. Executed in order, like `ReplicaCommand`s.
@@ -364,8 +364,8 @@ impl Promotion {
                 });
             }
             self.targets.push(target);
-            if target.source.is_some() {
-                commands.push(self.fetch(shard, target.source.expect("checked")));
+            if let Some(peer) = target.source {
+                commands.push(self.fetch(shard, peer));
             }
         }
         commands.extend(self.finish_if_complete());

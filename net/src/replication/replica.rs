@@ -315,6 +315,10 @@ async fn append(runtime: &Rc<ShardRuntime>, lsn_from: u64, ship: &Ship) -> Resul
     let count = ship.lsn_last - ship.lsn_first + 1;
     let mut next = lsn_from;
     while next <= ship.lsn_last {
+        if runtime.durable.fault().is_some() || runtime.wal.is_poisoned() {
+            // Checked before any wait below: a failed log's commit loop makes no progress.
+            return Err("this shard's log failed: it applies nothing more".into());
+        }
         // A batch holds records of one second and carries the primary's time of its first, as on
         // the primary: have a batch of an earlier second sealed first.
         if runtime
@@ -446,7 +450,9 @@ pub fn step_down(runtime: &Rc<ShardRuntime>, epoch: u64, primary: &str) {
             }
         }
     }
-    if runtime.durable.fault().is_none() {
+    // A primary acks nothing more: its waiting writes get `outcome_unknown`. A candidate (serving
+    // as a replica) acked nothing and keeps applying what the new primary ships until it restarts.
+    if runtime.repl.primary.is_some() && runtime.durable.fault().is_none() {
         runtime.durable.poison(crate::durability::LogFault::SteppedDown);
     }
     log!(
