@@ -38,7 +38,7 @@ use crate::proxy::ProxySet;
 use crate::{fresh_dir, log_tail, Launch, Server};
 
 /// Lines of each node's log quoted by `log_tails`.
-pub const LOG_TAIL_LINES: usize = 60;
+pub const GROUP_LOG_TAIL_LINES: usize = 60;
 /// How long a promotion may wait for its peers (`PROMOTE`'s `wait_ms`).
 pub const PROMOTE_WAIT_MS: u32 = 5_000;
 
@@ -334,6 +334,14 @@ impl Group {
         }
     }
 
+    /// `thread_dump` of node `i`'s process (a note when it is not running).
+    pub fn thread_dump(&self, i: usize) -> String {
+        match &self.nodes[i] {
+            Some(server) => crate::thread_dump(server.pid()),
+            None => format!("node {i} is not running"),
+        }
+    }
+
     pub fn is_running(&self, i: usize) -> bool {
         self.nodes[i].is_some()
     }
@@ -410,7 +418,8 @@ impl Group {
             }
             if Instant::now() >= deadline {
                 return Err(format!(
-                    "node {i} answered PROMOTE (epoch {epoch}) but did not report node.role primary within {CATCH_UP_TIMEOUT:?}"
+                    "node {i} answered PROMOTE (epoch {epoch}) but did not report node.role primary within {CATCH_UP_TIMEOUT:?}; {}",
+                    self.thread_dump(i)
                 ));
             }
             std::thread::sleep(crate::POLL_INTERVAL);
@@ -437,7 +446,7 @@ impl Group {
         }
     }
 
-    /// The last `LOG_TAIL_LINES` lines of every node's log, for a failure message.
+    /// The last `GROUP_LOG_TAIL_LINES` lines of every node's log, for a failure message.
     pub fn log_tails(&self) -> String {
         (0..NODES)
             .map(|i| {
@@ -445,7 +454,7 @@ impl Group {
                     "---- node {i} ({}), {}:\n{}",
                     self.addr(i),
                     self.log_path(i).display(),
-                    log_tail(&self.log_path(i), LOG_TAIL_LINES)
+                    log_tail(&self.log_path(i), GROUP_LOG_TAIL_LINES)
                 )
             })
             .collect::<Vec<_>>()

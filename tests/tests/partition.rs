@@ -182,6 +182,15 @@ impl Run {
                 lines[from..].join("\n")
             ));
         }
+        // A running node that does not answer STATS is stuck: say on what.
+        for node in 0..NODES {
+            if self.group.is_running(node) && !self.group.is_paused(node) && stats(&self.group.addr(node)).is_err() {
+                logs.push_str(&format!(
+                    "---- node {node} does not answer STATS; {}\n",
+                    self.group.thread_dump(node)
+                ));
+            }
+        }
         panic!(
             "TALLY_PARTITION_SEED={} iteration {}: {what}\nsteps of this iteration: {:?}\nfull logs in {}\n{logs}",
             self.seed,
