@@ -805,9 +805,10 @@ impl Shard {
                 DedupCheck::Fresh => {}
                 DedupCheck::Duplicate { value, lsn } => {
                     self.counts.ops_duplicate += 1;
+                    // Only a strict counter ever took an ADD_BOUNDED, and kinds never change.
                     return Ok(Reply::AddBounded {
                         value,
-                        flags: REPLY_DUPLICATE,
+                        flags: REPLY_DUPLICATE | REPLY_STRICT,
                         token: self.token(lsn),
                     });
                 }
@@ -839,7 +840,7 @@ impl Shard {
         }
         Ok(Reply::AddBounded {
             value: next,
-            flags: 0,
+            flags: REPLY_STRICT,
             token: self.token(lsn),
         })
     }
@@ -1672,7 +1673,11 @@ mod tests {
         );
         assert!(matches!(
             add(&mut shard, b"s", -5, i64::MIN, i64::MAX),
-            Ok(Reply::AddBounded { value: 0, flags: 0, .. })
+            Ok(Reply::AddBounded {
+                value: 0,
+                flags: REPLY_STRICT,
+                ..
+            })
         ));
         // Disjoint bounds refuse everything.
         assert_eq!(
@@ -1686,7 +1691,11 @@ mod tests {
         );
         assert!(matches!(
             add(&mut shard, b"inv:z", 7, 0, 10),
-            Ok(Reply::AddBounded { value: 7, .. })
+            Ok(Reply::AddBounded {
+                value: 7,
+                flags: REPLY_STRICT,
+                ..
+            })
         ));
     }
 
@@ -1795,7 +1804,7 @@ mod tests {
         let first = done(shard.apply(&add, &CTX, &mut NullLog)).unwrap();
         let Reply::AddBounded {
             value: 3,
-            flags: 0,
+            flags: REPLY_STRICT,
             token,
         } = first
         else {
@@ -1805,7 +1814,7 @@ mod tests {
             done(shard.apply(&add, &CTX, &mut NullLog)),
             Ok(Reply::AddBounded {
                 value: 3,
-                flags: REPLY_DUPLICATE,
+                flags: REPLY_DUPLICATE | REPLY_STRICT,
                 token
             })
         );

@@ -541,7 +541,8 @@ impl Model {
                 DedupSays::Duplicate(value, lsn) => {
                     return Ok(Reply::AddBounded {
                         value,
-                        flags: REPLY_DUPLICATE,
+                        // Only strict counters take ADD_BOUNDED: every success says so.
+                        flags: REPLY_DUPLICATE | REPLY_STRICT,
                         token: Token { shard: owner, lsn },
                     })
                 }
@@ -560,7 +561,7 @@ impl Model {
         }
         Ok(Reply::AddBounded {
             value: next,
-            flags: 0,
+            flags: REPLY_STRICT,
             token: self.token(owner),
         })
     }

@@ -33,7 +33,24 @@ pub enum LogFault {
 }
 
 impl LogFault {
-    /// The error code and message a write waiting for its ack gets.
+    /// The error code and message a new write gets while the log has this fault. It is refused
+    /// before the engine sees it, so it is not applied: a stepped-down node answers `not_primary`
+    /// (which means exactly that, protocol.md §7), a poisoned log `log_poisoned`.
+    pub fn refusal(self) -> (tally_proto::ErrorCode, &'static str) {
+        match self {
+            LogFault::Poisoned => (
+                tally_proto::ErrorCode::LogPoisoned,
+                "this shard's log failed; it acks no writes until the node restarts",
+            ),
+            LogFault::SteppedDown => (
+                tally_proto::ErrorCode::NotPrimary,
+                "this node stopped being primary (it learnt of a newer epoch): the write was not applied; send it to the new primary",
+            ),
+        }
+    }
+
+    /// The error code and message a write waiting for its ack gets: it is in the log, so its
+    /// outcome is unknown.
     pub fn failure(self) -> (tally_proto::ErrorCode, &'static str) {
         match self {
             LogFault::Poisoned => (
@@ -224,6 +241,18 @@ mod tests {
         assert_eq!(early, Ok(()));
         assert_eq!(durable_before, None, "9 was not durable before the poison");
         assert_eq!(late, Err(LogFault::Poisoned));
+    }
+
+    /// protocol.md §7, "what an error means for a write": a write refused before it was applied
+    /// gets a code meaning "not applied" (a stepped-down node: `not_primary`), one that waited
+    /// for its ack a code meaning "outcome unknown" (`outcome_unknown`, `log_poisoned`).
+    #[test]
+    fn refused_and_waiting_writes_get_codes_that_mean_what_happened() {
+        use tally_proto::ErrorCode;
+        assert_eq!(LogFault::SteppedDown.refusal().0, ErrorCode::NotPrimary);
+        assert_eq!(LogFault::SteppedDown.failure().0, ErrorCode::OutcomeUnknown);
+        assert_eq!(LogFault::Poisoned.refusal().0, ErrorCode::LogPoisoned);
+        assert_eq!(LogFault::Poisoned.failure().0, ErrorCode::LogPoisoned);
     }
 
     #[test]

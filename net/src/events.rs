@@ -13,6 +13,15 @@
 //! (the node seals a batch when the apply second changes). A scan returns records durable when it
 //! started; batch times never decrease within a shard's log, so a batch at or after `to_ms` ends
 //! that shard's part.
+//!
+//! What a log holds (`held_from`): every record from its first segment's first lsn `F` on. Records
+//! below `F` left it in one of two ways. Retention removed them, and then all of them were older
+//! than the retention horizon when removed, so no range EVENTS accepts (none starts before the
+//! horizon, `beyond_retention`) misses them. Or a snapshot install replaced the log (a replica
+//! resynchronised by its primary, `record_install_floor`), and then they may be recent: a range
+//! that starts at or before the time of the first batch held may miss some, and is refused with
+//! `history_not_held` naming the first time from which the answer is complete, never answered
+//! with a silently shorter list.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -33,6 +42,105 @@ pub enum ScanError {
     BadCursor(String),
     /// A log file could not be read or does not decode (removed by retention meanwhile, damaged).
     Log(String),
+    /// The range needs records this shard's log no longer holds (see the module doc): a range
+    /// starting at `held_from_ms` or later is answered completely.
+    NotHeld { shard: u16, held_from_ms: u64, why: String },
+}
+
+/// The file in a shard's directory that records the newest snapshot install: the lsn of the
+/// installed snapshot, below which the log was discarded rather than aged out by retention.
+pub const INSTALL_FLOOR_FILE_NAME: &str = "install-floor";
+
+/// Records durably, in shard directory `shard_dir`, that the shard's log is being replaced by a
+/// snapshot at `lsn` (everything up to `lsn` leaves the log). Called *before* the install removes
+/// anything, so a crash in between leaves the record and at worst a refusal too many, never a
+/// silently shorter history. Written to a temporary file, fsynced, renamed, directory fsynced.
+pub fn record_install_floor(shard_dir: &Path, lsn: u64) -> std::io::Result<()> {
+    use std::io::Write;
+    let path = shard_dir.join(INSTALL_FLOOR_FILE_NAME);
+    let tmp = shard_dir.join(format!("{INSTALL_FLOOR_FILE_NAME}.tmp"));
+    let mut file = File::create(&tmp)?;
+    file.write_all(format!("tally install floor v1\nlsn {lsn}\n").as_bytes())?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, &path)?;
+    File::open(shard_dir)?.sync_all()
+}
+
+/// The lsn of the newest snapshot install recorded in `shard_dir`, if any.
+pub fn read_install_floor(shard_dir: &Path) -> Result<Option<u64>, ScanError> {
+    let path = shard_dir.join(INSTALL_FLOOR_FILE_NAME);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(ScanError::Log(format!("{}: {e}", path.display()))),
+    };
+    let lsn = text
+        .strip_prefix("tally install floor v1\nlsn ")
+        .and_then(|rest| rest.strip_suffix('\n'))
+        .and_then(|lsn| lsn.parse().ok());
+    match lsn {
+        Some(lsn) => Ok(Some(lsn)),
+        None => Err(ScanError::Log(format!(
+            "{}: not an install floor record",
+            path.display()
+        ))),
+    }
+}
+
+/// Where a shard's log stops holding complete history: the earliest `from_ms` it answers
+/// completely and the first lsn it holds, or `None` when nothing but retention removed records
+/// (see the module doc). `segments` are the log's segment files, `lsn_durable` its durable end.
+fn held_from(
+    shard: u16,
+    install_floor: Option<u64>,
+    segments: &[(u64, PathBuf)],
+    lsn_durable: u64,
+    now_ms: u64,
+) -> Result<Option<Held>, ScanError> {
+    let Some(floor) = install_floor else {
+        return Ok(None);
+    };
+    match segments.first() {
+        // Installed and nothing logged since: every record up to `lsn_durable` is elsewhere.
+        None if lsn_durable > 0 => Ok(Some(Held {
+            from_ms: now_ms,
+            first_lsn: lsn_durable.saturating_add(1),
+        })),
+        None => Ok(None),
+        // Retention has since removed the first segment after the install, and with it every
+        // record the install discarded (older still): retention's horizon covers them.
+        Some(&(first_lsn, _)) if first_lsn > floor + 1 => Ok(None),
+        Some((first_lsn, path)) => {
+            // Discarded records are at most as recent as the first batch held (batch times never
+            // decrease), possibly of that very millisecond: complete from the next one.
+            let header = read_header(path, shard).map_err(ScanError::Log)?;
+            Ok(Some(Held {
+                from_ms: header.time_ms + 1,
+                first_lsn: *first_lsn,
+            }))
+        }
+    }
+}
+
+/// See `held_from`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Held {
+    from_ms: u64,
+    first_lsn: u64,
+}
+
+impl Held {
+    fn refuse(self, shard: u16) -> ScanError {
+        ScanError::NotHeld {
+            shard,
+            held_from_ms: self.from_ms,
+            why: format!(
+                "shard {shard}'s log on this node holds its history only from lsn {} on (the records before were replaced by a snapshot from the primary, or aged out): a range from {} ms on is complete here; ask from then, or ask the primary",
+                self.first_lsn, self.from_ms
+            ),
+        }
+    }
 }
 
 /// One shard's log, as far as a scan has read it.
@@ -80,7 +188,10 @@ pub enum Start {
 }
 
 impl ShardScan {
-    pub fn new(shard: u16, dir: PathBuf, lsn_bound: u64, start: Start) -> Result<ShardScan, ScanError> {
+    /// A scan of shard `shard`'s log in `dir` up to `lsn_bound`, from `start`. `NotHeld` when the
+    /// log does not hold everything `start` needs (see the module doc); `now_ms` is the node's
+    /// time, for a log that holds no record at all.
+    pub fn new(shard: u16, dir: PathBuf, lsn_bound: u64, start: Start, now_ms: u64) -> Result<ShardScan, ScanError> {
         let mut scan = ShardScan {
             shard,
             dir,
@@ -91,6 +202,26 @@ impl ShardScan {
             done: false,
         };
         let segments = scan.segments()?;
+        if let Some(held) = held_from(shard, read_install_floor(&scan.dir)?, &segments, lsn_bound, now_ms)? {
+            let missing = match start {
+                Start::Time(time_ms) => time_ms < held.from_ms,
+                Start::Lsn(lsn) => lsn < held.first_lsn,
+            };
+            if missing {
+                return Err(held.refuse(shard));
+            }
+        }
+        // A cursor past records that left the log since its page (retention, mid-stream).
+        if let (Start::Lsn(lsn), Some((first_lsn, path))) = (&start, segments.first()) {
+            if lsn < first_lsn && *lsn <= lsn_bound {
+                let header = read_header(path, shard).map_err(ScanError::Log)?;
+                let held = Held {
+                    from_ms: header.time_ms + 1,
+                    first_lsn: *first_lsn,
+                };
+                return Err(held.refuse(shard));
+            }
+        }
         let first = match start {
             Start::Lsn(lsn) => {
                 scan.next_lsn = lsn;
@@ -529,7 +660,7 @@ mod tests {
             shards: starts
                 .into_iter()
                 .map(|(shard, start)| {
-                    ShardScan::new(shard, dirs[shard as usize].clone(), bounds[shard as usize], start).unwrap()
+                    ShardScan::new(shard, dirs[shard as usize].clone(), bounds[shard as usize], start, 0).unwrap()
                 })
                 .collect(),
         };
@@ -564,6 +695,102 @@ mod tests {
         assert!(
             rebuilt == expected,
             "scans rebuilt from cursors lose and repeat nothing"
+        );
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// A log that begins after a snapshot install refuses a range it cannot answer completely,
+    /// naming the first time it can (after the first batch held), and answers that range exactly;
+    /// a log that only lost records to retention answers as before; a cursor past removed records
+    /// is refused either way.
+    #[test]
+    fn a_log_that_begins_after_an_install_says_what_it_does_not_hold() {
+        let root = temp_dir("floor");
+        let dir = root.join("shard-0");
+        let t0 = 1_700_000_000_000;
+        let all = write_log(&dir, 0, t0, 30, 700);
+        let mut segments: Vec<(u64, PathBuf)> = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| {
+                let e = e.unwrap();
+                Some((parse_segment_file_name(e.file_name().to_str()?)?, e.path()))
+            })
+            .collect();
+        segments.sort();
+        assert!(segments.len() >= 3, "the log spans several segments");
+        // The first two segments leave the log: as if a snapshot at `floor` replaced them.
+        let first_held = segments[2].0;
+        let floor = first_held - 1;
+        for (_, path) in &segments[..2] {
+            std::fs::remove_file(path).unwrap();
+        }
+        let t_first = read_header(&segments[2].1, 0).unwrap().time_ms;
+        assert!(
+            t_first > t0,
+            "records before the floor are as recent as seconds before it"
+        );
+        let scan_from = |start: Start| ShardScan::new(0, dir.clone(), u64::MAX, start, t0 + 99_000);
+        let drain = |mut scan: Scan| {
+            let mut out = Vec::new();
+            loop {
+                let (page, over) = scan.page(500).unwrap();
+                out.extend(page);
+                if over {
+                    return out;
+                }
+            }
+        };
+        let scan_of = |shard: ShardScan, from_ms| Scan {
+            id: 1,
+            name: b"a".to_vec(),
+            from_ms,
+            to_ms: u64::MAX,
+            shards: vec![shard],
+        };
+        // Retention alone: no refusal (what it removed is older than any range EVENTS accepts).
+        assert!(scan_from(Start::Time(t0)).is_ok());
+        record_install_floor(&dir, floor).unwrap();
+        assert_eq!(read_install_floor(&dir).unwrap(), Some(floor));
+        for from_ms in [t0, t_first - 1, t_first] {
+            match scan_from(Start::Time(from_ms)) {
+                Err(ScanError::NotHeld {
+                    shard,
+                    held_from_ms,
+                    why,
+                }) => {
+                    assert_eq!((shard, held_from_ms), (0, t_first + 1));
+                    assert!(why.contains(&format!("lsn {first_held}")), "{why}");
+                }
+                Err(e) => panic!("from {from_ms}: {e:?}"),
+                Ok(_) => panic!("from {from_ms}: answered although records before lsn {first_held} are gone"),
+            }
+        }
+        let held = drain(scan_of(scan_from(Start::Time(t_first + 1)).unwrap(), t_first + 1));
+        let expected: Vec<Event> = all.iter().filter(|e| e.time_ms > t_first).cloned().collect();
+        assert!(!expected.is_empty());
+        assert!(held == expected, "the range it accepts is answered exactly");
+        // A cursor standing before the first lsn held, with or without the install record.
+        assert!(matches!(scan_from(Start::Lsn(floor)), Err(ScanError::NotHeld { .. })));
+        assert!(scan_from(Start::Lsn(first_held)).is_ok());
+        // Retention later removed the first segment after the install: its horizon covers both.
+        std::fs::remove_file(&segments[2].1).unwrap();
+        assert!(scan_from(Start::Time(t0)).is_ok());
+        assert!(matches!(
+            scan_from(Start::Lsn(first_held)),
+            Err(ScanError::NotHeld { .. })
+        ));
+        // Installed and nothing logged since: nothing before now is held.
+        for (_, path) in &segments[3..] {
+            std::fs::remove_file(path).unwrap();
+        }
+        record_install_floor(&dir, 9_000).unwrap();
+        match scan_from(Start::Time(t0 + 50_000)) {
+            Err(ScanError::NotHeld { held_from_ms, .. }) => assert_eq!(held_from_ms, t0 + 99_000),
+            other => panic!("{:?}", other.err()),
+        }
+        assert!(
+            ShardScan::new(0, dir.clone(), 0, Start::Time(t0), t0).is_ok(),
+            "an empty log lacks nothing"
         );
         std::fs::remove_dir_all(&root).unwrap();
     }

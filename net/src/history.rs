@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers, Senders};
 use glommio::channels::local_channel::{self, LocalSender};
+use tally_engine::limits::AUDIT_RECORDS_MAX;
 use tally_engine::window::{Partial, Query, Step, Unit, WindowError, WindowPart};
 use tally_engine::{Failure, Outcome, ResetRecord};
 use tally_proto::limits::{AUDIT_RECORDS_PER_REPLY_MAX, EVENTS_PER_PAGE_MAX};
@@ -128,7 +129,12 @@ pub enum Ask {
 
 pub enum Answer {
     Part(Result<WindowPart, WindowError>),
-    Audit(Vec<AuditRecord>),
+    /// The matching records, and the earliest time from which the ring holds every reset
+    /// (`audit_held_from_ms`).
+    Audit {
+        records: Vec<AuditRecord>,
+        held_from_ms: Option<u64>,
+    },
     EverSplit(bool),
 }
 
@@ -320,15 +326,25 @@ fn answer_locally(runtime: &ShardRuntime, ask: Ask) -> Answer {
     let engine = runtime.engine.borrow();
     match ask {
         Ask::Part { name, query, now_ms } => Answer::Part(engine.window_query(&name, &query, now_ms)),
-        Ask::Audit { name, from_ms, to_ms } => Answer::Audit(
-            engine
+        Ask::Audit { name, from_ms, to_ms } => Answer::Audit {
+            records: engine
                 .audit()
                 .filter(|r| (name.is_empty() || r.name == name) && from_ms <= r.time_ms && r.time_ms < to_ms)
                 .map(|r| audit_record(runtime.id, r))
                 .collect(),
-        ),
+            held_from_ms: audit_held_from_ms(engine.audit().map(|r| r.time_ms), AUDIT_RECORDS_MAX),
+        },
         Ask::EverSplit { name } => Answer::EverSplit(engine.ever_split(&name)),
     }
+}
+
+/// The earliest `from_ms` from which a shard's audit ring (times oldest first, at most `kept_max`)
+/// holds every reset, or `None` if it never dropped one. A full ring may have dropped older
+/// resets (it keeps no count of them), and those are at most as recent as its oldest record,
+/// possibly of that very millisecond: complete from the next one.
+fn audit_held_from_ms(mut times: impl Iterator<Item = u64>, kept_max: usize) -> Option<u64> {
+    let oldest = times.next()?;
+    (1 + times.count() >= kept_max).then_some(oldest + 1)
 }
 
 fn audit_record(shard: u16, r: &ResetRecord) -> AuditRecord {
@@ -415,6 +431,14 @@ pub async fn answer(runtime: &Rc<ShardRuntime>, op: HistoryOp) -> Outcome {
 }
 
 fn window_failure(error: WindowError) -> Failure {
+    if let WindowError::BeyondRetention { kept_from_ms, .. } = error {
+        // Like EVENTS': the earliest start that is answered, for a client to ask again from.
+        return Failure::with_current(
+            ErrorCode::BeyondRetention,
+            ms_as_current(kept_from_ms),
+            error.to_string(),
+        );
+    }
     let code = match error {
         WindowError::Disabled => ErrorCode::WindowsDisabled,
         WindowError::EmptyWindow => ErrorCode::InvalidArgument,
@@ -534,6 +558,7 @@ async fn audit(
         vec![shard_of(&name, runtime.node.shards)]
     };
     let mut records = Vec::new();
+    let mut held: Option<u64> = None;
     for shard in shards {
         let asked = Ask::Audit {
             name: name.clone(),
@@ -541,9 +566,26 @@ async fn audit(
             to_ms,
         };
         match ask(runtime, shard, asked).await? {
-            Answer::Audit(part) => records.extend(part),
+            Answer::Audit {
+                records: part,
+                held_from_ms,
+            } => {
+                records.extend(part);
+                held = held.max(held_from_ms);
+            }
             _ => return Err(Failure::new(ErrorCode::Internal, "a shard answered another question")),
         }
+    }
+    // What this page needs: resets from the range's start, or (later pages) after the cursor's.
+    let needed_from_ms = after.map_or(from_ms, |(time_ms, _, _)| time_ms.max(from_ms));
+    if let Some(held_from_ms) = held.filter(|&held| needed_from_ms < held) {
+        return Err(Failure::with_current(
+            ErrorCode::HistoryNotHeld,
+            ms_as_current(held_from_ms),
+            format!(
+                "this node keeps the newest {AUDIT_RECORDS_MAX} resets per shard and has dropped older ones: a range from {held_from_ms} ms on is complete here; asked from {needed_from_ms}"
+            ),
+        ));
     }
     records.sort_by_key(|r| (r.time_ms, r.shard, r.lsn));
     if let Some(after) = after {
@@ -563,7 +605,15 @@ fn scan_failure(error: ScanError) -> Failure {
     match error {
         ScanError::BadCursor(message) => Failure::new(ErrorCode::InvalidArgument, message),
         ScanError::Log(message) => Failure::new(ErrorCode::Internal, format!("reading the log: {message}")),
+        ScanError::NotHeld { held_from_ms, why, .. } => {
+            Failure::with_current(ErrorCode::HistoryNotHeld, ms_as_current(held_from_ms), why)
+        }
     }
+}
+
+/// A time in ms as an error's `current` (times are far below i64::MAX ms).
+fn ms_as_current(ms: u64) -> i64 {
+    i64::try_from(ms).unwrap_or(i64::MAX)
 }
 
 async fn events(
@@ -578,8 +628,9 @@ async fn events(
     let now_ms = runtime.clock_ms();
     let kept_from_ms = now_ms.saturating_sub(history.retention_ms);
     if from_ms < kept_from_ms {
-        return Err(Failure::new(
+        return Err(Failure::with_current(
             ErrorCode::BeyondRetention,
+            ms_as_current(kept_from_ms),
             format!("the log keeps increments from {kept_from_ms} on; asked from {from_ms}"),
         ));
     }
@@ -632,7 +683,7 @@ async fn events(
                     let mut parts = Vec::with_capacity(plan.len());
                     for (shard, start) in plan {
                         let dir = dirs[shard as usize].clone();
-                        parts.push(ShardScan::new(shard, dir, bounds[shard as usize], start)?);
+                        parts.push(ShardScan::new(shard, dir, bounds[shard as usize], start, now_ms)?);
                     }
                     Scan {
                         id,
@@ -667,4 +718,18 @@ async fn events(
     }
     scans.push((Instant::now(), scan));
     Ok(Reply::Events { events, cursor })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A ring that is not full dropped nothing; a full one may have dropped resets as recent as
+    /// its oldest record, so it is complete only after that record's millisecond.
+    #[test]
+    fn a_full_audit_ring_holds_resets_only_after_its_oldest() {
+        assert_eq!(audit_held_from_ms(std::iter::empty(), 3), None);
+        assert_eq!(audit_held_from_ms([10, 20].into_iter(), 3), None);
+        assert_eq!(audit_held_from_ms([10, 20, 30].into_iter(), 3), Some(11));
+    }
 }

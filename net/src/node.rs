@@ -806,16 +806,19 @@ async fn run_shard(start: ShardStart) {
         shared.failed.store(true, Ordering::Release);
         let _ = ready.send(Err(message));
     };
+    log!(Level::Debug, "shard {shard}: startup: binding its direct port");
     let direct = match TcpListener::bind(SocketAddr::new(listen.ip(), direct_port)) {
         Ok(listener) => listener,
         Err(e) => return fail(format!("shard {shard}: bind direct port {direct_port}: {e}")),
     };
     let port = direct.local_addr().map(|a| a.port()).unwrap_or(0);
     shared.shard_ports[shard as usize].store(port, Ordering::Release);
+    log!(Level::Debug, "shard {shard}: startup: joining the cross-shard meshes");
     let (Ok((request_tx, request_rx)), Ok((reply_tx, reply_rx))) = (request_mesh.join().await, reply_mesh.join().await)
     else {
         return fail(format!("shard {shard}: could not join the cross-shard mesh"));
     };
+    log!(Level::Debug, "shard {shard}: startup: joining the history meshes");
     let (mut history, history_tasks) = match history.join(shard, request_tx.peer_id()).await {
         Ok(joined) => joined,
         Err(e) => return fail(e),
@@ -827,6 +830,7 @@ async fn run_shard(start: ShardStart) {
         "both meshes order peers by executor id"
     );
     shared.joined.fetch_add(1, Ordering::AcqRel);
+    log!(Level::Debug, "shard {shard}: startup: waiting for every shard to join");
     if !barrier(&shared, &shared.joined).await {
         return fail(format!("shard {shard}: another shard failed to start"));
     }
@@ -841,6 +845,7 @@ async fn run_shard(start: ShardStart) {
         ship_log,
         stream,
     } = recovered;
+    log!(Level::Debug, "shard {shard}: startup: opening its log");
     let wal = match open_wal(shard, &dir, &settings, &recovered).await {
         Ok(wal) => wal,
         Err(e) => return fail(e),
@@ -941,6 +946,7 @@ async fn run_shard(start: ShardStart) {
         glommio::spawn_local(candidate_loop(runtime.clone())).detach();
     }
 
+    log!(Level::Debug, "shard {shard}: startup: binding the main port");
     let main = match TcpListener::bind(listen) {
         Ok(listener) => listener,
         Err(e) => return fail(format!("shard {shard}: bind {listen}: {e}")),

@@ -16,7 +16,7 @@ use tally_proto::{shard_of, DecodeError, ErrorCode, Reply, Request, RequestOps};
 use tally_wal::{DmaStorage, Room, Wal};
 
 use crate::connection::now_ms;
-use crate::durability::DurableWatch;
+use crate::durability::{DurableWatch, LogFault};
 use crate::history::ShardHistory;
 use crate::replication::ShardRepl;
 
@@ -346,12 +346,14 @@ impl ShardRuntime {
                 return self.refuse_write(op, ErrorCode::NotPrimary, &why);
             }
             loop {
-                if self.durable.fault().is_some() || self.wal.is_poisoned() {
-                    return self.refuse_write(
-                        op,
-                        ErrorCode::LogPoisoned,
-                        "this shard's log failed; it acks no writes until the node restarts",
-                    );
+                // Refused before the engine sees it: not applied, whatever the fault.
+                let fault = self
+                    .durable
+                    .fault()
+                    .or(self.wal.is_poisoned().then_some(LogFault::Poisoned));
+                if let Some(fault) = fault {
+                    let (code, message) = fault.refusal();
+                    return self.refuse_write(op, code, message);
                 }
                 match self.wal.room() {
                     Room::Ready => {}

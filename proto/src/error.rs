@@ -76,11 +76,15 @@ pub enum ErrorCode {
     /// primary (or stopped) before the write was acknowledged, so the write may or may not be in
     /// the new primary's history. Retry with the same idempotency key: the retry counts once.
     OutcomeUnknown = 31,
+    /// EVENTS or AUDIT: this node does not hold the range's history completely (its log begins
+    /// after a snapshot installed from the primary, or its audit ring dropped older resets). The
+    /// error carries in `current` the earliest `from_ms` this node answers completely.
+    HistoryNotHeld = 32,
 }
 
 impl ErrorCode {
     /// Every code, in number order. Tests use it to check that numbers stay unique and stable.
-    pub const ALL: [ErrorCode; 31] = [
+    pub const ALL: [ErrorCode; 32] = [
         ErrorCode::BadFrame,
         ErrorCode::FrameTooLarge,
         ErrorCode::TooManyOps,
@@ -112,6 +116,7 @@ impl ErrorCode {
         ErrorCode::TooManyPoints,
         ErrorCode::WindowsDisabled,
         ErrorCode::OutcomeUnknown,
+        ErrorCode::HistoryNotHeld,
     ];
 
     pub fn from_u16(code: u16) -> Option<ErrorCode> {
@@ -152,6 +157,7 @@ impl ErrorCode {
             ErrorCode::TooManyPoints => "too_many_points",
             ErrorCode::WindowsDisabled => "windows_disabled",
             ErrorCode::OutcomeUnknown => "outcome_unknown",
+            ErrorCode::HistoryNotHeld => "history_not_held",
         }
     }
 }
@@ -189,7 +195,7 @@ mod tests {
 
     /// The wire numbers and names, written out by hand. A reordered, renumbered or renamed code
     /// fails here: clients in the field branch on these numbers.
-    const EXPECTED: [(ErrorCode, u16, &str); 31] = [
+    const EXPECTED: [(ErrorCode, u16, &str); 32] = [
         (ErrorCode::BadFrame, 1, "bad_frame"),
         (ErrorCode::FrameTooLarge, 2, "frame_too_large"),
         (ErrorCode::TooManyOps, 3, "too_many_ops"),
@@ -221,6 +227,7 @@ mod tests {
         (ErrorCode::TooManyPoints, 29, "too_many_points"),
         (ErrorCode::WindowsDisabled, 30, "windows_disabled"),
         (ErrorCode::OutcomeUnknown, 31, "outcome_unknown"),
+        (ErrorCode::HistoryNotHeld, 32, "history_not_held"),
     ];
 
     #[test]
@@ -254,7 +261,7 @@ mod tests {
             None,
             "0 is the success status, never an error code"
         );
-        assert_eq!(ErrorCode::from_u16(32), None);
+        assert_eq!(ErrorCode::from_u16(33), None);
         assert_eq!(ErrorCode::from_u16(u16::MAX), None);
     }
 

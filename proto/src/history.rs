@@ -322,6 +322,61 @@ mod tests {
         assert!(Request::decode(0x0B, &page(0, 2, 1, b"", b"")).is_ok());
     }
 
+    /// protocol.md §4: fields are checked in the order they are read and the first failing check
+    /// wins, so a history op with several bad fields gets the code of the earliest one.
+    #[test]
+    fn history_checks_follow_field_order() {
+        let series = |step: u8, from: u64, to: u64, name: &[u8]| {
+            let mut out = le(&[&[step], &from.to_le_bytes(), &to.to_le_bytes()]);
+            out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+            out.extend_from_slice(name);
+            out
+        };
+        let long_name = vec![b'n'; NAME_BYTES_MAX + 1];
+        // step, from_ms/to_ms, name.
+        assert_eq!(code_of(0x0A, &series(9, 2, 1, b"")), ErrorCode::InvalidArgument);
+        assert_eq!(code_of(0x0A, &series(0, 2, 1, b"")), ErrorCode::RangeReversed);
+        assert_eq!(code_of(0x0A, &series(0, 2, 1, &long_name)), ErrorCode::RangeReversed);
+        let max = SERIES_POINTS_MAX * 1_000;
+        assert_eq!(code_of(0x0A, &series(0, 0, max + 1, b"")), ErrorCode::TooManyPoints);
+        assert_eq!(code_of(0x0A, &series(0, 0, 1, b"")), ErrorCode::NameEmpty);
+        // from_ms/to_ms, limit, name, cursor.
+        let page = |from: u64, to: u64, limit: u16, name: &[u8], cursor: &[u8]| {
+            let mut out = le(&[&from.to_le_bytes(), &to.to_le_bytes(), &limit.to_le_bytes()]);
+            out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+            out.extend_from_slice(name);
+            out.extend_from_slice(&(cursor.len() as u16).to_le_bytes());
+            out.extend_from_slice(cursor);
+            out
+        };
+        let long_cursor = vec![b'c'; CURSOR_BYTES_MAX + 1];
+        for opcode in [0x0B, 0x0C] {
+            let bad_name: &[u8] = if opcode == 0x0C { b"" } else { &long_name };
+            let name_code = if opcode == 0x0C {
+                ErrorCode::NameEmpty
+            } else {
+                ErrorCode::NameTooLong
+            };
+            assert_eq!(
+                code_of(opcode, &page(3, 2, 0, bad_name, &long_cursor)),
+                ErrorCode::RangeReversed
+            );
+            assert_eq!(
+                code_of(opcode, &page(0, 2, 0, bad_name, &long_cursor)),
+                ErrorCode::InvalidArgument
+            );
+            assert_eq!(code_of(opcode, &page(0, 2, 1, bad_name, &long_cursor)), name_code);
+            assert_eq!(
+                code_of(opcode, &page(0, 2, 1, b"a", &long_cursor)),
+                ErrorCode::InvalidArgument
+            );
+        }
+        // A check on an earlier field wins over a later field that runs past the payload.
+        let mut cut = page(3, 2, 1, b"a", b"");
+        cut.truncate(20);
+        assert_eq!(code_of(0x0C, &cut), ErrorCode::RangeReversed);
+    }
+
     fn round_trip(reply: Reply) -> usize {
         let mut buf = BytesMut::new();
         reply.encode(&mut buf);

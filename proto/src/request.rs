@@ -482,7 +482,7 @@ impl<'a> Request<'a> {
                 })?;
                 let from_ms = c.u64()?;
                 let to_ms = c.u64()?;
-                let name = name(&mut c)?;
+                // Each field is checked as soon as it is read: the range before the name.
                 check_range(from_ms, to_ms)?;
                 let points = step.points(from_ms, to_ms);
                 if points > SERIES_POINTS_MAX {
@@ -491,6 +491,7 @@ impl<'a> Request<'a> {
                         format!("{points} points; at most SERIES_POINTS_MAX {SERIES_POINTS_MAX} per SERIES"),
                     ));
                 }
+                let name = name(&mut c)?;
                 Request::Series {
                     name,
                     from_ms,
@@ -499,21 +500,22 @@ impl<'a> Request<'a> {
                 }
             }
             Opcode::Audit | Opcode::Events => {
+                // Each field is checked as soon as it is read: range, limit, name, cursor.
                 let from_ms = c.u64()?;
                 let to_ms = c.u64()?;
-                let limit = c.u16()?;
-                let name = c.str16()?;
-                if op == Opcode::Events || !name.is_empty() {
-                    check_name(name)?;
-                }
-                let cursor = c.str16()?;
                 check_range(from_ms, to_ms)?;
+                let limit = c.u16()?;
                 if limit == 0 {
                     return Err(DecodeError::invalid(
                         ErrorCode::InvalidArgument,
                         "limit must be at least 1",
                     ));
                 }
+                let name = c.str16()?;
+                if op == Opcode::Events || !name.is_empty() {
+                    check_name(name)?;
+                }
+                let cursor = c.str16()?;
                 if cursor.len() > CURSOR_BYTES_MAX {
                     return Err(DecodeError::invalid(
                         ErrorCode::InvalidArgument,

@@ -153,3 +153,56 @@ fn spec_lists_every_reply_flag_and_limit() {
         assert!(spec.contains(&row), "docs/protocol.md lacks the row `{row}`");
     }
 }
+
+/// A length prefix below 12: `FrameHeader::parse` says the stream is broken with `BadFrame`, and
+/// the server (tests/tests/bad_input.rs) answers one error frame with request id 0, then closes.
+/// §2, §3 and §7 must all say so; none may promise a close "without a reply".
+#[test]
+fn spec_says_a_short_length_prefix_gets_an_error_frame_then_a_close() {
+    let mut header = [0u8; FRAME_HEADER_BYTES];
+    header[0] = 11;
+    match FrameHeader::parse(&header) {
+        Err(tally_proto::DecodeError::Invalid { code, .. }) => assert_eq!(code, ErrorCode::BadFrame),
+        other => panic!("a length of 11 parsed as {other:?}"),
+    }
+    let spec = spec();
+    assert!(
+        !spec.contains("without a reply"),
+        "docs/protocol.md still says a short length prefix is closed without a reply"
+    );
+    let section3 = spec
+        .split("**What the server checks, in order**")
+        .nth(1)
+        .and_then(|rest| rest.split("2. `ver != 1`").next())
+        .expect("§3 lists the header checks");
+    for words in ["`BadFrame` (1)", "request id 0", "closes the connection"] {
+        assert!(section3.contains(words), "§3 check 1 lacks `{words}`: {section3}");
+    }
+    let row = spec
+        .lines()
+        .find(|line| line.starts_with("| 1 | `bad_frame` |"))
+        .expect("the bad_frame row");
+    assert!(
+        row.contains("request id 0") && row.contains("closed"),
+        "§7's bad_frame row: {row}"
+    );
+}
+
+/// §14 must say what the dedup check covers: the owner shard's set only, so reusing a key with a
+/// name of another shard is applied (tests/tests/sdk.rs shows it against a node).
+#[test]
+fn spec_says_dedup_is_per_owner_shard() {
+    let spec = spec();
+    let section = spec
+        .split("## 14. Idempotency keys")
+        .nth(1)
+        .and_then(|rest| rest.split("## 15.").next())
+        .expect("§14");
+    for words in [
+        "Dedup is per owner shard",
+        "**owned by another shard**: not detected",
+        "applied as a fresh one",
+    ] {
+        assert!(section.contains(words), "§14 lacks `{words}`");
+    }
+}

@@ -39,6 +39,7 @@ use crate::options::ClientOptions;
 use crate::outcome::{Created, Outcome, Reading, ResetAck, WriteAck};
 use crate::pipeline::Pipeline;
 use crate::response::{check_header, decode_frame, encode_hello, expect, hello_from_reply, Expected, HELLO_REQUEST_ID};
+use crate::retry::settle;
 
 type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
 type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
@@ -305,6 +306,7 @@ impl AsyncClient {
             keys: vec![None; ops.len()],
             tries: vec![0; ops.len()],
             results: (0..ops.len()).map(|_| None).collect(),
+            unknown: vec![None; ops.len()],
             batch,
             depth,
         };
@@ -336,8 +338,14 @@ impl AsyncClient {
         exchange
             .results
             .into_iter()
+            .zip(exchange.unknown)
             .enumerate()
-            .map(|(index, result)| result.unwrap_or_else(|| panic!("op {index} finished without a result")))
+            .map(|(index, (result, unknown))| {
+                settle(
+                    unknown,
+                    result.unwrap_or_else(|| panic!("op {index} finished without a result")),
+                )
+            })
             .collect()
     }
 
@@ -382,6 +390,8 @@ struct AsyncExchange<'o, 'a> {
     keys: Vec<Option<u128>>,
     tries: Vec<u32>,
     results: Vec<Option<Result<Outcome, Error>>>,
+    /// Per write: the first error of a try whose outcome was unknown (`retry::settle`).
+    unknown: Vec<Option<Error>>,
     batch: usize,
     depth: usize,
 }
@@ -436,6 +446,11 @@ impl AsyncExchange<'_, '_> {
                             && options.retry.allows(self.tries[index])
                             && ops[index].is_idempotent(self.keys[index])
                         {
+                            if let Err(error) = result {
+                                if ops[index].takes_key() && error.is_outcome_unknown() {
+                                    self.unknown[index].get_or_insert(error);
+                                }
+                            }
                             again.push(index);
                         } else {
                             self.results[index] = Some(result);
@@ -488,6 +503,9 @@ impl AsyncExchange<'_, '_> {
         for &index in members {
             let op = &self.ops[index];
             if error.is_connection() && options.retry.allows(self.tries[index]) && op.is_idempotent(self.keys[index]) {
+                if op.takes_key() {
+                    self.unknown[index].get_or_insert_with(|| error.clone());
+                }
                 again.push(index);
             } else {
                 self.results[index] = Some(Err(error.clone()));

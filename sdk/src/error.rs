@@ -86,20 +86,55 @@ impl Error {
         self.error_code() == Some(ErrorCode::NotFound)
     }
 
+    /// For `history_not_held` (EVENTS, AUDIT): the earliest `from_ms` from which the node holds
+    /// the history completely (the error's `current`). Asking again from there gets a complete
+    /// answer for the rest of the range; what lies before is not on this node (ask the primary).
+    pub fn history_held_from_ms(&self) -> Option<u64> {
+        match self.error_code() {
+            Some(ErrorCode::HistoryNotHeld) => self.current().and_then(|ms| u64::try_from(ms).ok()),
+            _ => None,
+        }
+    }
+
     /// True for transport failures (`Io`, `Timeout`, `Closed`): the op may or may not have been
     /// applied. These are the failures a retry with the same idempotency key resolves.
     pub fn is_connection(&self) -> bool {
         matches!(self, Error::Io(_) | Error::Timeout | Error::Closed)
     }
 
-    /// True for server refusals that say "not now" rather than "no": `overloaded` and
-    /// `shutting_down` (nothing was applied) and `log_poisoned` (the outcome is unknown until the
-    /// node restarts). Idempotent ops are retried on these, after a backoff.
+    /// True for server refusals that say "not now" rather than "no" (docs/protocol.md §7, "what
+    /// an error means for a write"): `overloaded` and `shutting_down` (nothing was applied), and
+    /// the three whose outcome is unknown, `log_poisoned`, `replicas_unavailable` and
+    /// `outcome_unknown`. Idempotent ops (reads, keyed writes) are retried on these, after a
+    /// backoff, with the same key.
     pub fn is_transient_refusal(&self) -> bool {
         matches!(
             self.error_code(),
-            Some(ErrorCode::Overloaded | ErrorCode::ShuttingDown | ErrorCode::LogPoisoned)
+            Some(
+                ErrorCode::Overloaded
+                    | ErrorCode::ShuttingDown
+                    | ErrorCode::LogPoisoned
+                    | ErrorCode::ReplicasUnavailable
+                    | ErrorCode::OutcomeUnknown
+            )
         ) && matches!(self, Error::Server { .. })
+    }
+
+    /// True when the failed write may nonetheless have been applied: a connection failure after
+    /// it was sent, or a server error of unknown outcome (`log_poisoned`, `replicas_unavailable`,
+    /// `outcome_unknown`, `internal`). Every other server error means it was not applied.
+    pub fn is_outcome_unknown(&self) -> bool {
+        self.is_connection()
+            || (matches!(self, Error::Server { .. })
+                && matches!(
+                    self.error_code(),
+                    Some(
+                        ErrorCode::LogPoisoned
+                            | ErrorCode::ReplicasUnavailable
+                            | ErrorCode::OutcomeUnknown
+                            | ErrorCode::Internal
+                    )
+                ))
     }
 
     /// Maps an I/O error, turning timeouts and end-of-stream into their own variants.
@@ -212,9 +247,69 @@ mod tests {
         assert!(server(ErrorCode::Overloaded).is_transient_refusal());
         assert!(server(ErrorCode::ShuttingDown).is_transient_refusal());
         assert!(server(ErrorCode::LogPoisoned).is_transient_refusal());
+        assert!(server(ErrorCode::ReplicasUnavailable).is_transient_refusal());
+        assert!(server(ErrorCode::OutcomeUnknown).is_transient_refusal());
+        assert!(!server(ErrorCode::NotPrimary).is_transient_refusal());
+        assert!(!server(ErrorCode::DiskFull).is_transient_refusal());
         assert!(!server(ErrorCode::CasMismatch).is_transient_refusal());
         assert!(!Error::refused(ErrorCode::Overloaded, "local").is_transient_refusal());
         assert!(!Error::Timeout.is_transient_refusal());
+    }
+
+    /// docs/protocol.md §7, "what an error means for a write", is the one truth: every code has a
+    /// row, the SDK retries exactly the codes marked "yes", and treats as of unknown outcome
+    /// exactly those whose write "was unknown".
+    #[test]
+    fn retries_and_unknown_outcomes_follow_the_protocol_table() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/protocol.md");
+        let spec = std::fs::read_to_string(&path).unwrap();
+        let table = spec
+            .split("### What an error means for a write")
+            .nth(1)
+            .expect("the table of error meanings")
+            .split("\n## ")
+            .next()
+            .unwrap();
+        for code in ErrorCode::ALL {
+            let start = format!("| {} | `{}` |", code as u16, code.name());
+            let row = table
+                .lines()
+                .find(|line| line.starts_with(&start))
+                .unwrap_or_else(|| panic!("no row for {code:?}"));
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            let (was, retries) = (cells[3], cells[5]);
+            let error = Error::Server {
+                code: code as u16,
+                current: None,
+                message: String::new(),
+            };
+            assert_eq!(error.is_transient_refusal(), retries == "yes", "{code:?}: {row}");
+            assert_eq!(
+                error.is_outcome_unknown(),
+                was.starts_with("unknown"),
+                "{code:?}: {row}"
+            );
+            assert!(
+                was.starts_with("unknown") || was.starts_with("not applied") || was == "not a write",
+                "{code:?}: {row}"
+            );
+        }
+    }
+
+    #[test]
+    fn history_not_held_carries_the_first_time_held() {
+        let error = Error::Server {
+            code: ErrorCode::HistoryNotHeld as u16,
+            current: Some(1_700_000_000_001),
+            message: String::new(),
+        };
+        assert_eq!(error.history_held_from_ms(), Some(1_700_000_000_001));
+        let retention = Error::Server {
+            code: ErrorCode::BeyondRetention as u16,
+            current: Some(5),
+            message: String::new(),
+        };
+        assert_eq!(retention.history_held_from_ms(), None);
     }
 
     #[test]

@@ -22,6 +22,7 @@ use crate::limits::{PIPELINE_BATCH_MAX, PIPELINE_DEPTH_MAX, REPLY_BYTES_IN_FLIGH
 use crate::op::Op;
 use crate::outcome::Outcome;
 use crate::response::{decode_frame, expect};
+use crate::retry::settle;
 
 /// Sends `ops` over `client`'s connections and returns their results in submission order.
 pub(crate) fn run(client: &mut Client, ops: &[Op<'_>], batch: usize, depth: usize) -> Vec<Result<Outcome, Error>> {
@@ -83,6 +84,8 @@ struct Exchange<'o, 'a> {
     /// How many times each op has been written (or a connection for it attempted).
     tries: Vec<u32>,
     results: Vec<Option<Result<Outcome, Error>>>,
+    /// Per write: the first error of a try whose outcome was unknown (`retry::settle`).
+    unknown: Vec<Option<Error>>,
     lanes: Vec<Lane>,
     batch: usize,
     depth: usize,
@@ -100,6 +103,7 @@ impl<'o, 'a> Exchange<'o, 'a> {
             keys: vec![None; ops.len()],
             tries: vec![0; ops.len()],
             results: (0..ops.len()).map(|_| None).collect(),
+            unknown: vec![None; ops.len()],
             lanes: (0..lanes).map(|_| Lane::default()).collect(),
             batch,
             depth,
@@ -135,7 +139,11 @@ impl<'o, 'a> Exchange<'o, 'a> {
         for (index, op) in self.ops.iter().enumerate() {
             let transient = matches!(&self.results[index], Some(Err(error)) if error.is_transient_refusal());
             if transient && policy.allows(self.tries[index]) && op.is_idempotent(self.keys[index]) {
-                self.results[index] = None;
+                if let Some(Err(error)) = self.results[index].take() {
+                    if op.takes_key() && error.is_outcome_unknown() {
+                        self.unknown[index].get_or_insert(error);
+                    }
+                }
                 let lane = client.route(op, self.keys[index], now);
                 self.lanes[lane].pending.push_back(index);
                 queued = true;
@@ -293,6 +301,9 @@ impl<'o, 'a> Exchange<'o, 'a> {
             for index in frame.ops {
                 let op = &self.ops[index];
                 if error.is_connection() && policy.allows(self.tries[index]) && op.is_idempotent(self.keys[index]) {
+                    if op.takes_key() {
+                        self.unknown[index].get_or_insert_with(|| error.clone());
+                    }
                     again.push_back(index);
                 } else {
                     self.results[index] = Some(Err(error.clone()));
@@ -329,8 +340,14 @@ impl<'o, 'a> Exchange<'o, 'a> {
         assert!(!self.busy());
         self.results
             .into_iter()
+            .zip(self.unknown)
             .enumerate()
-            .map(|(index, result)| result.unwrap_or_else(|| panic!("op {index} finished without a result")))
+            .map(|(index, (result, unknown))| {
+                settle(
+                    unknown,
+                    result.unwrap_or_else(|| panic!("op {index} finished without a result")),
+                )
+            })
             .collect()
     }
 }

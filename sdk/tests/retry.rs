@@ -154,3 +154,36 @@ fn unkeyed_writes_refused_as_overloaded_are_returned() {
     assert!(error.is_transient_refusal());
     assert_eq!(client.incr("x", 4).unwrap(), 4, "the refusal was for that frame only");
 }
+
+/// docs/protocol.md §7: `outcome_unknown` and `replicas_unavailable` leave a write's outcome
+/// unknown, so a keyed write is sent again with the same key (applied once: a duplicate if the
+/// first copy counted); an unkeyed one cannot be, and the error is returned.
+#[test]
+fn keyed_writes_of_unknown_outcome_are_sent_again_with_the_same_key() {
+    for code in [
+        ErrorCode::OutcomeUnknown,
+        ErrorCode::ReplicasUnavailable,
+        ErrorCode::LogPoisoned,
+    ] {
+        let refusing_once = || {
+            FakeServer::start(FakeConfig {
+                refuse_frames: Some(code),
+                refuse_first: 1,
+                ..FakeConfig::default()
+            })
+        };
+        let server = refusing_once();
+        let mut client = options().retry_writes(policy()).connect(&server.addr()).unwrap();
+        let ack = client.incr_detailed("x", 4, None).unwrap();
+        assert_eq!(ack.value, 4, "{code:?}");
+        let keys: Vec<Option<u128>> = server.served_op(Opcode::Incr).iter().map(|op| op.key).collect();
+        assert_eq!(keys.len(), 1, "{code:?}: the refused frame is not served");
+        assert!(keys[0].is_some(), "{code:?}: sent with the key the SDK attached");
+
+        let server = refusing_once();
+        let mut client = options().retry(policy()).connect(&server.addr()).unwrap();
+        let error = client.incr("x", 4).unwrap_err();
+        assert_eq!(error.error_code(), Some(code), "an unkeyed write is not sent again");
+        assert!(error.is_outcome_unknown());
+    }
+}

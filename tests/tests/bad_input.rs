@@ -201,20 +201,37 @@ fn an_untrustworthy_length_closes_only_that_connection() {
     let mut healthy = RawConn::connect(&server.addr);
     assert_eq!(value_of(&ops(healthy.call(&[incr(b"shared", 1)]))[0]), 1);
 
+    // protocol.md §3, check 1: a valid frame before the bad prefix is answered; the prefix gets
+    // one error frame `bad_frame` with request id 0; then the connection closes and nothing after
+    // the prefix is read (the increment sent behind it is not applied).
     let mut broken = RawConn::connect(&server.addr);
     let mut buf = BytesMut::new();
+    let mut before = BytesMut::new();
+    let mut frame = FrameBuilder::begin(&mut before, FrameKind::Request, 5);
+    incr(b"shared", 10).encode(&mut before);
+    frame.op_added();
+    frame.finish(&mut before);
+    buf.extend_from_slice(&before);
     raw_header(&mut buf, 3, 1, 1, 0, 77);
+    buf.extend_from_slice(&before);
     broken.send_bytes(&buf);
-    let (_, reply) = broken.read_reply();
+    let (id, reply) = broken.read_reply();
+    assert_eq!(id, 5);
+    assert_eq!(value_of(&ops(reply)[0]), 11);
+    let (id, reply) = broken.read_reply();
+    assert_eq!(id, 0, "the untrustworthy header's own request id is not echoed");
     match reply {
-        RawReply::Refused { code, .. } => assert_eq!(code, ErrorCode::BadFrame as u16),
+        RawReply::Refused { code, message } => {
+            assert_eq!(code, ErrorCode::BadFrame as u16);
+            assert!(message.contains('3'), "the message gives the length: {message}");
+        }
         RawReply::Ops(ops) => panic!("served: {ops:?}"),
     }
     assert!(broken.is_closed(), "the server closes a stream it cannot resynchronise");
 
-    assert_eq!(value_of(&ops(healthy.call(&[incr(b"shared", 1)]))[0]), 2);
+    assert_eq!(value_of(&ops(healthy.call(&[incr(b"shared", 1)]))[0]), 12);
     let mut fresh = RawConn::connect(&server.addr);
-    assert_eq!(value_of(&ops(fresh.call(&[get(b"shared")]))[0]), 2);
+    assert_eq!(value_of(&ops(fresh.call(&[get(b"shared")]))[0]), 12);
 }
 
 #[test]

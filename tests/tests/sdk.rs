@@ -104,6 +104,38 @@ fn idempotency_keys_dedup_and_conflict() {
     assert_eq!(client.get("billing:acme").unwrap(), 5);
 }
 
+/// protocol.md §14, "what is checked": dedup is per owner shard. A key reused with another name
+/// of the same owner is a conflict; with a name of another shard it is applied as fresh.
+#[test]
+fn idempotency_conflicts_are_detected_per_owner_shard() {
+    let server = Server::start(&["--shards", "2"]);
+    let mut client = Client::connect(&server.addr).unwrap();
+    let owned_by = |shard: u16, skip: &str| {
+        (0..)
+            .map(|i| format!("reuse:{i}"))
+            .find(|name| name != skip && tally_proto::shard_of(name.as_bytes(), 2) == shard)
+            .unwrap()
+    };
+    let first = owned_by(0, "");
+    let same_shard = owned_by(0, &first);
+    let other_shard = owned_by(1, "");
+    let key = 0x5eed_0000_0000_0001_u128;
+    assert!(!client.incr_detailed(&first, 1, Some(key)).unwrap().duplicate);
+    let conflict = client.incr_detailed(&same_shard, 1, Some(key)).unwrap_err();
+    assert_eq!(conflict.error_code(), Some(ErrorCode::IdempotencyConflict));
+    assert_eq!(client.get(&same_shard).unwrap(), 0);
+    let elsewhere = client.incr_detailed(&other_shard, 1, Some(key)).unwrap();
+    assert_eq!(
+        (elsewhere.value, elsewhere.duplicate),
+        (1, false),
+        "another shard never saw the key"
+    );
+    // Both shards now remember it: each answers its own first outcome.
+    assert!(client.incr_detailed(&first, 1, Some(key)).unwrap().duplicate);
+    assert!(client.incr_detailed(&other_shard, 1, Some(key)).unwrap().duplicate);
+    assert_eq!((client.get(&first).unwrap(), client.get(&other_shard).unwrap()), (1, 1));
+}
+
 #[test]
 fn the_unix_socket_serves_the_same_counters() {
     let dir = tally_tests::DataDir::new("unix");

@@ -231,6 +231,63 @@ fn code_of(reply: RawReply) -> u16 {
     }
 }
 
+/// protocol.md §13: a WINDOW or SERIES sum that leaves i64 is `Overflow`, never a clamped number.
+/// One frame (one second, most likely) takes a counter up by i64::MAX twice with a RESET between,
+/// another down by i64::MIN twice: their increments in that second sum beyond i64.
+#[test]
+fn window_and_series_sums_beyond_i64_answer_overflow() {
+    let server = Server::start(&["--shards", "2"]);
+    let mut conn = RawConn::connect(&server.addr);
+    let incr = |name, delta| Request::Incr { name, delta, key: None };
+    let reset = |name| Request::Reset {
+        name,
+        value: 0,
+        reason: b"make room",
+    };
+    let writes = [
+        incr(b"o:up", i64::MAX),
+        reset(b"o:up"),
+        incr(b"o:up", i64::MAX),
+        incr(b"o:down", i64::MIN),
+        reset(b"o:down"),
+        incr(b"o:down", i64::MIN),
+        incr(b"o:fine", 5),
+    ];
+    let started_ms = now_ms();
+    match conn.call(&writes) {
+        RawReply::Ops(ops) => {
+            for op in ops {
+                assert!(op.result.is_ok(), "{op:?}");
+            }
+        }
+        RawReply::Refused { code, message } => panic!("refused {code}: {message}"),
+    }
+    for name in [&b"o:up"[..], b"o:down"] {
+        let window = Request::Window {
+            name,
+            last: 60,
+            unit: WindowUnit::Second,
+        };
+        assert_eq!(code_of(conn.call(&[window])), ErrorCode::Overflow as u16);
+        let series = Request::Series {
+            name,
+            from_ms: started_ms - 2_000,
+            to_ms: now_ms() + 1_000,
+            step: SeriesStep::Second,
+        };
+        assert_eq!(code_of(conn.call(&[series])), ErrorCode::Overflow as u16);
+    }
+    let window = Request::Window {
+        name: b"o:fine",
+        last: 60,
+        unit: WindowUnit::Second,
+    };
+    match conn.call(&[window]) {
+        RawReply::Ops(ops) => assert!(matches!(ops[0].result, Ok(Reply::Window { value: 5, .. })), "{ops:?}"),
+        RawReply::Refused { code, message } => panic!("refused {code}: {message}"),
+    }
+}
+
 #[test]
 fn bad_history_requests_get_their_documented_codes() {
     let server = Server::start(&["--shards", "2"]);
@@ -472,4 +529,86 @@ fn the_cli_prints_history_plain_and_json() {
     let json: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(json["error"], "range_reversed");
     assert_eq!(json["code"], 26);
+}
+
+/// protocol.md §13 (AUDIT): a shard's ring keeps the newest `AUDIT_RECORDS_MAX` resets. Once it
+/// has dropped older ones, an AUDIT from before the oldest kept one is refused with
+/// `history_not_held` carrying the first time held (never a silently shorter list), asking from
+/// that time lists every reset kept, and `tally audit` lists those with a warning and exit code 4.
+#[test]
+fn audit_beyond_what_the_ring_holds_says_so() {
+    const KEPT: usize = 1024; // AUDIT_RECORDS_MAX, engine/src/limits.rs
+    let server = Server::start(&["--shards", "1"]);
+    let mut conn = RawConn::connect(&server.addr);
+    let started_ms = now_ms();
+    let reset = Request::Reset {
+        name: b"ring:x",
+        value: 0,
+        reason: b"fill the ring",
+    };
+    let incr = Request::Incr {
+        name: b"ring:x",
+        delta: 1,
+        key: None,
+    };
+    // 20 resets, then (a few ms later, so in a later millisecond) as many as the ring keeps less
+    // 10: the ring drops the first 10, and keeps 10 of the first frame's.
+    let first: Vec<Request<'_>> = std::iter::once(incr)
+        .chain(std::iter::repeat_n(reset.clone(), 20))
+        .collect();
+    let second: Vec<Request<'_>> = std::iter::repeat_n(reset, KEPT - 10).collect();
+    for (i, ops) in [first, second].iter().enumerate() {
+        if i == 1 {
+            // Pacing, not synchronisation: the second frame's resets get later times.
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        match conn.call(ops) {
+            RawReply::Ops(replies) => assert!(replies.iter().all(|op| op.result.is_ok())),
+            RawReply::Refused { code, message } => panic!("refused {code}: {message}"),
+        }
+    }
+    let audit = |from_ms: u64| Request::Audit {
+        name: b"",
+        from_ms,
+        to_ms: u64::MAX,
+        limit: 38,
+        cursor: b"",
+    };
+    let held_from_ms = match conn.call(&[audit(started_ms - 1_000)]) {
+        RawReply::Ops(mut replies) => match replies.remove(0).result {
+            Err(error) => {
+                assert_eq!(error.code, ErrorCode::HistoryNotHeld as u16, "{}", error.message);
+                error.current.expect("history_not_held carries the first time held") as u64
+            }
+            Ok(reply) => panic!("a shorter list without a word: {reply:?}"),
+        },
+        RawReply::Refused { code, message } => panic!("refused {code}: {message}"),
+    };
+    assert!(
+        held_from_ms > started_ms - 1_000 && held_from_ms <= now_ms() + 1,
+        "{held_from_ms}"
+    );
+    let mut client = Client::connect(&server.addr).unwrap();
+    let records = client.audit("", held_from_ms, u64::MAX).unwrap();
+    // Every reset of the second frame, and those of the first after the oldest kept's millisecond.
+    assert!(
+        (KEPT - 10..KEPT).contains(&records.len()),
+        "from the first time held: {} of the {KEPT} kept",
+        records.len()
+    );
+    assert!(records.iter().all(|r| r.time_ms >= held_from_ms));
+    let error = client.audit("", 0, u64::MAX).unwrap_err();
+    assert_eq!(error.history_held_from_ms(), Some(held_from_ms));
+
+    let path = tally_tests::tallyd_path().with_file_name("tally");
+    let output = std::process::Command::new(path)
+        .args(["--addr", &server.addr, "--json", "audit", "--from", "0"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(4), "stderr: {stderr}");
+    assert!(stderr.contains("not held on this node"), "{stderr}");
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["complete_from_ms"], held_from_ms);
+    assert_eq!(json["records"].as_array().unwrap().len(), records.len());
 }

@@ -11,7 +11,8 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
 use super::file::{FileError, FileWriter, WindowFile};
-use super::slice::SealedSlice;
+use super::slice::{bucket_of, SealedSlice};
+use super::BUCKET_OUT_OF_RANGE;
 use crate::config::WindowConfig;
 
 /// Where a bucket of `name` starting at `t_ms` goes: the start of the bucket it rolls into
@@ -29,8 +30,9 @@ pub fn tier_rollup(config: &WindowConfig, now_ms: u64) -> impl Fn(&[u8], u64) ->
     move |name, t_ms| config.tiers_of(name).rollup(t_ms, now_ms)
 }
 
-/// Sums (t, value) pairs with equal t after sorting; a sum beyond i64 is clamped (it would take
-/// buckets of one name swinging by more than 2^63 within one output bucket).
+/// Sums (t, value) pairs with equal t after sorting. A sum beyond i64 (buckets of one name swinging
+/// by more than 2^63 within one output bucket), or one that meets a bucket already out of range,
+/// is `BUCKET_OUT_OF_RANGE`.
 fn fold(acc: &mut Vec<(u64, i128)>, out: &mut Vec<(u64, i64)>) {
     acc.sort_unstable_by_key(|&(t, _)| t);
     out.clear();
@@ -38,11 +40,14 @@ fn fold(acc: &mut Vec<(u64, i128)>, out: &mut Vec<(u64, i64)>) {
     while i < acc.len() {
         let t = acc[i].0;
         let mut sum = 0i128;
+        let mut out_of_range = false;
         while i < acc.len() && acc[i].0 == t {
+            out_of_range |= acc[i].1 == i128::from(BUCKET_OUT_OF_RANGE);
             sum += acc[i].1;
             i += 1;
         }
-        let sum = i64::try_from(sum).unwrap_or(if sum > 0 { i64::MAX } else { i64::MIN });
+        let (sum, _) = bucket_of(sum);
+        let sum = if out_of_range { BUCKET_OUT_OF_RANGE } else { sum };
         if sum != 0 {
             out.push((t, sum));
         }
@@ -272,6 +277,51 @@ mod tests {
                 let _ = file.add_to(b"c", all, &mut partial);
             }
             let _ = merge_files(&[file], 0, u64::MAX / 1_000 * 1_000, &keep_all);
+        }
+    }
+
+    /// Rolling seconds up into minutes keeps a bucket out of range out of range (it never becomes
+    /// a plausible number by meeting other buckets), and turns a minute whose seconds sum beyond
+    /// i64 into one.
+    #[test]
+    fn rollups_keep_buckets_out_of_range() {
+        let to_minute = |_: &[u8], t: u64| Some(t - t % MINUTE_MS);
+        let slices = vec![
+            SealedSlice::from_entries(HOUR_MS, [(&b"a"[..], BUCKET_OUT_OF_RANGE), (&b"b"[..], i64::MAX)]),
+            SealedSlice::from_entries(HOUR_MS + 1_000, [(&b"a"[..], 5), (&b"b"[..], i64::MAX)]),
+            SealedSlice::from_entries(HOUR_MS + 2_000, [(&b"c"[..], 9)]),
+        ];
+        let bytes = encode_slices(&slices, HOUR_MS, 2 * HOUR_MS, &to_minute);
+        let expect: Model = [
+            ((b"a".to_vec(), HOUR_MS), BUCKET_OUT_OF_RANGE),
+            ((b"b".to_vec(), HOUR_MS), BUCKET_OUT_OF_RANGE),
+            ((b"c".to_vec(), HOUR_MS), 9),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(read_all(&bytes), expect);
+        let file = WindowFile::open(&bytes).unwrap();
+        let merged = merge_files(&[file], HOUR_MS, 2 * HOUR_MS, &|_, _| Some(HOUR_MS)).unwrap();
+        assert_eq!(read_all(&merged), expect);
+        let range = Range {
+            from_ms: HOUR_MS,
+            to_ms: HOUR_MS + MINUTE_MS,
+            step_ms: MINUTE_MS,
+        };
+        let disk = DiskRange {
+            from_ms: HOUR_MS,
+            to_ms: HOUR_MS + MINUTE_MS,
+        };
+        for (name, expect) in [
+            (&b"a"[..], Err(crate::window::WindowError::Overflow)),
+            (b"c", Ok(vec![9])),
+        ] {
+            let mut partial = Partial::new(range);
+            WindowFile::open(&merged)
+                .unwrap()
+                .add_to(name, disk, &mut partial)
+                .unwrap();
+            assert_eq!(partial.finish(), expect);
         }
     }
 

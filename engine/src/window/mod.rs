@@ -17,6 +17,16 @@
 //! `memory_from_ms` on; a second is handed out at most once (and again after a restart only if the
 //! runtime had not confirmed it durable); the store's time never goes backwards.
 
+/// The value a bucket holds when its sum left the i64 range: one name's increments within one
+/// bucket swinging by more than 2^63 (a RESET between two huge increments can do it). A bucket
+/// cannot hold the true sum, so it holds this marker, which every later step keeps: a fold of
+/// buckets into a coarser one that meets it gives it again (`merge`), and a query point that adds
+/// it answers `WindowError::Overflow` (`Partial`) instead of a wrong number. i64::MIN because a
+/// genuine bucket of exactly i64::MIN is the one true sum it hides (then the query says
+/// `Overflow` although the sum fits): the rarest value a bucket can take, and a refusal, never a
+/// wrong answer.
+pub const BUCKET_OUT_OF_RANGE: i64 = i64::MIN;
+
 pub mod file;
 pub mod merge;
 pub mod query;

@@ -4,6 +4,7 @@
 //! counter), merged and finished into points.
 
 use super::tier::{aligned, floor_to, Tiers, DAY_MS, HOUR_MS, MINUTE_MS, SECOND_MS};
+use super::BUCKET_OUT_OF_RANGE;
 use crate::limits::WINDOW_SERIES_POINTS_MAX;
 
 /// The unit of a WINDOW: "the last N seconds" or "the last N minutes". Either includes the
@@ -163,6 +164,8 @@ pub struct Partial {
     range: Range,
     /// i128 so that adding any number of i64 buckets cannot overflow before `finish` checks.
     points: Vec<i128>,
+    /// Per point: a bucket of it was `BUCKET_OUT_OF_RANGE`, so its sum is unknown.
+    out_of_range: Vec<bool>,
 }
 
 impl Partial {
@@ -170,6 +173,7 @@ impl Partial {
         Partial {
             range,
             points: vec![0; range.points()],
+            out_of_range: vec![false; range.points()],
         }
     }
 
@@ -180,6 +184,7 @@ impl Partial {
     /// Adds a bucket of `resolution_ms` starting at `t_ms` (aligned to its resolution). Buckets
     /// outside the range are ignored. A bucket coarser than the step can only straddle points if
     /// the query asked finer than the data (which `plan` refuses); it counts in its start's point.
+    /// A bucket of `BUCKET_OUT_OF_RANGE` makes its point's sum unknown: `finish` says `Overflow`.
     #[inline]
     pub fn add(&mut self, t_ms: u64, value: i64) {
         if t_ms < self.range.from_ms || t_ms >= self.range.to_ms {
@@ -187,6 +192,7 @@ impl Partial {
         }
         let point = ((t_ms - self.range.from_ms) / self.range.step_ms) as usize;
         self.points[point] += i128::from(value);
+        self.out_of_range[point] |= value == BUCKET_OUT_OF_RANGE;
     }
 
     /// Adds another source's part of the same query (another shard's, or a file's).
@@ -195,13 +201,21 @@ impl Partial {
         for (mine, theirs) in self.points.iter_mut().zip(&other.points) {
             *mine += theirs;
         }
+        for (mine, theirs) in self.out_of_range.iter_mut().zip(&other.out_of_range) {
+            *mine |= theirs;
+        }
     }
 
-    /// The points, or `Overflow` if a sum leaves the i64 range. A WINDOW has one point.
+    /// The points, or `Overflow` if a sum leaves the i64 range or holds a bucket that did
+    /// (`BUCKET_OUT_OF_RANGE`). A WINDOW has one point.
     pub fn finish(&self) -> Result<Vec<i64>, WindowError> {
         self.points
             .iter()
-            .map(|&p| i64::try_from(p).map_err(|_| WindowError::Overflow))
+            .zip(&self.out_of_range)
+            .map(|(&p, &out)| match i64::try_from(p) {
+                Ok(p) if !out => Ok(p),
+                _ => Err(WindowError::Overflow),
+            })
             .collect()
     }
 }
@@ -380,5 +394,15 @@ mod tests {
         c.add(12_000, -1);
         c.merge(&b);
         assert_eq!(c.finish(), Ok(vec![0, 2, i64::MAX]));
+        // A bucket that left the i64 range poisons its point, also through a merge, even when the
+        // other buckets would bring the sum back into range.
+        let mut d = Partial::new(range);
+        d.add(11_000, crate::window::BUCKET_OUT_OF_RANGE);
+        d.add(11_000, i64::MAX);
+        assert_eq!(d.finish(), Err(WindowError::Overflow));
+        let mut e = Partial::new(range);
+        e.add(10_000, 3);
+        e.merge(&d);
+        assert_eq!(e.finish(), Err(WindowError::Overflow));
     }
 }

@@ -13,6 +13,7 @@
 
 use super::tier::aligned;
 use super::varint;
+use super::BUCKET_OUT_OF_RANGE;
 use crate::limits::{WINDOW_RECENT_SLOTS, WINDOW_SLICE_INDEX_EVERY};
 
 /// A name of this shard's arena (a counter it owns, or another shard's split counter it logged
@@ -106,20 +107,20 @@ pub(crate) struct Slice {
     index: Vec<(NameRef, u32)>,
 }
 
-/// A sum that left the i64 range when one name's increments in one second were added: the bucket
-/// holds the nearest i64 (only a counter swinging by more than 2^63 within a second can do this).
-fn saturate(sum: i128) -> (i64, bool) {
+/// One name's increments of one second, as a bucket: the sum, or `BUCKET_OUT_OF_RANGE` (and
+/// `true`) when it left the i64 range (only a counter swinging by more than 2^63 within a second
+/// can do this).
+pub(crate) fn bucket_of(sum: i128) -> (i64, bool) {
     match i64::try_from(sum) {
         Ok(sum) => (sum, false),
-        Err(_) if sum > 0 => (i64::MAX, true),
-        Err(_) => (i64::MIN, true),
+        Err(_) => (BUCKET_OUT_OF_RANGE, true),
     }
 }
 
 impl Slice {
     /// Sorts and sums an open second's pairs (leaving `open.pairs` empty, capacity kept) into a
-    /// compact slice. Names whose sum is 0 are left out. Returns the slice and how many sums
-    /// saturated.
+    /// compact slice. Names whose sum is 0 are left out. Returns the slice and how many sums left
+    /// the i64 range (held as `BUCKET_OUT_OF_RANGE`).
     pub fn close(open: &mut OpenSlice) -> (Slice, u64) {
         open.pairs.sort_unstable_by_key(|pair| pair.name);
         let mut builder = SliceBuilder::new(open.second, open.pairs.len());
@@ -130,7 +131,7 @@ impl Slice {
             while let Some(next) = pairs.next_if(|next| next.name == first.name) {
                 sum += i128::from(next.delta);
             }
-            let (sum, clipped) = saturate(sum);
+            let (sum, clipped) = bucket_of(sum);
             saturated += u64::from(clipped);
             builder.push(first.name, sum);
         }
@@ -367,14 +368,26 @@ mod tests {
     }
 
     #[test]
-    fn closing_saturates_and_drops_zero_sums() {
-        let mut open = open_with(&[(0x101, i64::MAX), (0x101, 1), (0x201, 4), (0x201, -4), (0x301, -2)]);
+    fn closing_marks_sums_out_of_range_and_drops_zero_sums() {
+        let mut open = open_with(&[
+            (0x101, i64::MAX),
+            (0x101, 1),
+            (0x201, 4),
+            (0x201, -4),
+            (0x301, -2),
+            (0x401, i64::MIN),
+            (0x401, -1),
+        ]);
         let (slice, saturated) = Slice::close(&mut open);
-        assert_eq!(saturated, 1);
+        assert_eq!(saturated, 2);
         assert!(open.pairs.is_empty());
         assert_eq!(
             slice.iter().collect::<Vec<_>>(),
-            vec![(NameRef(0x101), i64::MAX), (NameRef(0x301), -2)]
+            vec![
+                (NameRef(0x101), BUCKET_OUT_OF_RANGE),
+                (NameRef(0x301), -2),
+                (NameRef(0x401), BUCKET_OUT_OF_RANGE)
+            ]
         );
         assert_eq!(slice.get(NameRef(0x201)), 0);
     }

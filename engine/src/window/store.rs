@@ -20,7 +20,7 @@
 use std::collections::VecDeque;
 
 use super::query::{DiskRange, Partial, Range};
-use super::slice::{NameRef, OpenSlice, Pair, SealedSlice, Slice};
+use super::slice::{bucket_of, NameRef, OpenSlice, Pair, SealedSlice, Slice};
 use crate::limits::{FINE_MEMORY_SECS, WINDOW_PENDING_SECONDS_MAX, WINDOW_UNDURABLE_SECS_MAX};
 
 /// Figures for STATS.
@@ -39,7 +39,7 @@ pub struct WindowStats {
     pub durable_through_ms: u64,
     /// Seconds dropped before the runtime confirmed them durable (`WINDOW_UNDURABLE_SECS_MAX`).
     pub lost_secs: u64,
-    /// Per-second sums that left the i64 range and were clamped.
+    /// Per-second sums that left the i64 range (held as `BUCKET_OUT_OF_RANGE`).
     pub saturated: u64,
 }
 
@@ -164,7 +164,7 @@ impl WindowStore {
             }
             for open in self.pending.iter().chain(std::iter::once(&self.open)) {
                 if (from_s..to_s).contains(&open.second) {
-                    partial.add(open.second * 1_000, saturate(open.get(name)));
+                    partial.add(open.second * 1_000, bucket_of(open.get(name)).0);
                 }
             }
         }
@@ -254,10 +254,6 @@ impl WindowStore {
             self.sealed_through_s = self.sealed_through_s.max(second + 1);
         }
     }
-}
-
-fn saturate(sum: i128) -> i64 {
-    i64::try_from(sum).unwrap_or(if sum > 0 { i64::MAX } else { i64::MIN })
 }
 
 /// Snapshot section (inside the shard snapshot, see `shard/snapshot.rs`). Integers little-endian:
@@ -424,7 +420,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::window::query::{plan, Query, Step, Unit};
+    use crate::window::query::{plan, Query, Step, Unit, WindowError};
     use crate::window::tier::Tiers;
 
     const A: NameRef = NameRef(0x0101);
@@ -460,6 +456,52 @@ mod tests {
         // The same after compaction.
         store.tick(13_000);
         assert_eq!(series(&store, A, 10_000, 13_000).0, vec![1, 110, 1_000]);
+    }
+
+    /// One second whose increments of a name sum beyond i64 (a RESET between two huge increments
+    /// makes this possible) answers `Overflow`, open or compacted, never a clamped sum; the
+    /// seconds around it still answer.
+    #[test]
+    fn a_second_summing_beyond_i64_answers_overflow() {
+        let mut store = WindowStore::new(true);
+        store.record(A, 7, 9_000);
+        store.record(A, i64::MAX, 10_100);
+        store.record(A, i64::MAX, 10_200);
+        store.record(B, i64::MIN, 10_300);
+        store.record(B, -1, 10_400);
+        let query = |store: &WindowStore, name, from_ms, to_ms, step_ms| {
+            let range = Range {
+                from_ms,
+                to_ms,
+                step_ms,
+            };
+            let mut partial = Partial::new(range);
+            store.query(Some(name), range, &mut partial);
+            partial.finish()
+        };
+        for compacted in [false, true] {
+            if compacted {
+                store.tick(12_000);
+                store.tick(13_000);
+            }
+            assert_eq!(
+                query(&store, A, 10_000, 11_000, 1_000),
+                Err(WindowError::Overflow),
+                "{compacted}"
+            );
+            assert_eq!(
+                query(&store, B, 10_000, 11_000, 1_000),
+                Err(WindowError::Overflow),
+                "{compacted}"
+            );
+            assert_eq!(
+                query(&store, A, 0, 60_000, 60_000),
+                Err(WindowError::Overflow),
+                "{compacted}"
+            );
+            assert_eq!(query(&store, A, 9_000, 10_000, 1_000), Ok(vec![7]), "{compacted}");
+        }
+        assert_eq!(store.stats().saturated, 2);
     }
 
     #[test]

@@ -263,6 +263,15 @@ async fn read_replies<R: futures_lite::AsyncRead + Unpin>(
                     .borrow_mut()
                     .hello_reply(reply.epoch, position, &reply.history, &history)
                     .map_err(|e| e.to_string())?;
+                log!(
+                    Level::Debug,
+                    "shard {shard}: replica {} at epoch {} holds lsn {} (history {:?}): {:?}",
+                    link.addr,
+                    reply.epoch,
+                    position.lsn_appended,
+                    reply.history.entries().iter().map(|e| (e.epoch, e.lsn_first.get(usize::from(shard)).copied())).collect::<Vec<_>>(),
+                    commands
+                );
                 if matches!(
                     link.shipper.borrow().state(),
                     ShipperState::Streaming | ShipperState::Snapshotting

@@ -153,6 +153,7 @@ where
             }
             continue;
         };
+        log!(Level::Debug, "shard {shard}: peer message {:?}", message.kind());
         let follows = matches!(
             &message,
             Message::Hello(hello) if hello.role == tally_replicate::Role::Primary

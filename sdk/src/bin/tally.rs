@@ -20,6 +20,9 @@ use tally_sdk::{
 const EXIT_REFUSED: u8 = 1;
 /// Exit code for connection, timeout and protocol errors. Usage errors exit with clap's 2.
 const EXIT_CONNECTION: u8 = 3;
+/// Exit code of `events` and `audit` when this node does not hold the start of the range
+/// (`history_not_held`): what it holds was printed, from the time the warning names.
+const EXIT_INCOMPLETE: u8 = 4;
 /// `admin promote --wait-ms` default: a few of the replication wait's 2 s, so a peer that is merely
 /// slow still answers, while an operator waiting on a dead peer learns it within seconds.
 const PROMOTE_WAIT_MS_DEFAULT: u32 = 5_000;
@@ -178,6 +181,9 @@ enum Admin {
 struct Output {
     text: String,
     json: Value,
+    /// Set when the answer is complete only from a later time than asked (`history_not_held`):
+    /// printed to stderr, and the exit code is `EXIT_INCOMPLETE`.
+    warning: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -189,7 +195,13 @@ fn main() -> ExitCode {
             } else {
                 println!("{}", output.text);
             }
-            ExitCode::SUCCESS
+            match &output.warning {
+                Some(warning) => {
+                    eprintln!("tally: warning: {warning}");
+                    ExitCode::from(EXIT_INCOMPLETE)
+                }
+                None => ExitCode::SUCCESS,
+            }
         }
         Err(error) => {
             if cli.json {
@@ -227,6 +239,7 @@ fn run(command: &Command, client: &mut Client) -> Result<Output, Error> {
                     "shard": ack.token.shard,
                     "lsn": ack.token.lsn,
                 }),
+                warning: None,
             }
         }
         Command::Get { name, fresh } => {
@@ -239,6 +252,7 @@ fn run(command: &Command, client: &mut Client) -> Result<Output, Error> {
                     "split": reading.split,
                     "strict": reading.strict,
                 }),
+                warning: None,
             }
         }
         Command::Create {
@@ -266,6 +280,7 @@ fn run(command: &Command, client: &mut Client) -> Result<Output, Error> {
             Output {
                 text: format!("{verb} {kind} counter {name} = {}", created.value),
                 json: json!({ "created": created.created, "value": created.value, "strict": created.strict }),
+                warning: None,
             }
         }
         Command::Cas { name, expected, new } => {
@@ -282,6 +297,7 @@ fn run(command: &Command, client: &mut Client) -> Result<Output, Error> {
             Output {
                 text: format!("{} -> {}", reset.old, reset.new),
                 json: json!({ "old": reset.old, "new": reset.new, "shard": reset.token.shard, "lsn": reset.token.lsn }),
+                warning: None,
             }
         }
         Command::Stats => stats_output(&client.stats()?),
@@ -290,6 +306,7 @@ fn run(command: &Command, client: &mut Client) -> Result<Output, Error> {
             Output {
                 text: sum.value.to_string(),
                 json: json!({ "value": sum.value, "from_ms": sum.from_ms, "to_ms": sum.to_ms }),
+                warning: None,
             }
         }
         Command::Series { name, from, to, step } => {
@@ -305,11 +322,13 @@ fn run(command: &Command, client: &mut Client) -> Result<Output, Error> {
             Output {
                 text: text.join("\n"),
                 json: json!({ "from_ms": series.from_ms, "step_ms": series.step_ms, "points": series.points }),
+                warning: None,
             }
         }
         Command::Audit { name, from, to } => {
             let (from_ms, to_ms) = (*from, *to);
-            let records = client.audit(name.as_deref().unwrap_or(""), from_ms, to_ms)?;
+            let name = name.as_deref().unwrap_or("");
+            let (records, held) = complete_from(from_ms, |from_ms| client.audit(name, from_ms, to_ms))?;
             let text_of = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
             let mut text = Vec::new();
             let mut items = Vec::new();
@@ -334,45 +353,54 @@ fn run(command: &Command, client: &mut Client) -> Result<Output, Error> {
                 } else {
                     text.join("\n")
                 },
-                json: json!({ "records": items }),
+                json: incomplete_json(json!({ "records": items }), &held),
+                warning: held.map(|(_, warning)| warning),
             }
         }
         Command::Events { name, from, to, limit } => {
             let (from_ms, to_ms) = (*from, *to);
             let max = limit.unwrap_or(u64::MAX);
-            let (mut text, mut items) = (Vec::new(), Vec::new());
-            client.events_each(name, from_ms, to_ms, |events| {
-                for e in events {
-                    if items.len() as u64 >= max {
-                        return false;
+            let (events, held) = complete_from(from_ms, |from_ms| {
+                let mut got = Vec::new();
+                client.events_each(name, from_ms, to_ms, |events| {
+                    for e in events {
+                        if got.len() as u64 >= max {
+                            return false;
+                        }
+                        got.push(*e);
                     }
-                    let key = e.key.map(|k| format!("{k:032x}"));
-                    let kind = match e.kind {
-                        EventKind::Incr => "incr",
-                        EventKind::AddBounded => "add",
-                        EventKind::SplitPart => "split_part",
-                    };
-                    text.push(format!(
-                        "{} {:+} {} {kind} shard {} lsn {}",
-                        format_time(e.time_ms),
-                        e.delta,
-                        key.as_deref().unwrap_or("-"),
-                        e.shard,
-                        e.lsn
-                    ));
-                    items.push(json!({
-                        "time_ms": e.time_ms, "delta": e.delta, "key": key, "kind": kind, "shard": e.shard, "lsn": e.lsn,
-                    }));
-                }
-                (items.len() as u64) < max
+                    (got.len() as u64) < max
+                })?;
+                Ok(got)
             })?;
+            let (mut text, mut items) = (Vec::new(), Vec::new());
+            for e in &events {
+                let key = e.key.map(|k| format!("{k:032x}"));
+                let kind = match e.kind {
+                    EventKind::Incr => "incr",
+                    EventKind::AddBounded => "add",
+                    EventKind::SplitPart => "split_part",
+                };
+                text.push(format!(
+                    "{} {:+} {} {kind} shard {} lsn {}",
+                    format_time(e.time_ms),
+                    e.delta,
+                    key.as_deref().unwrap_or("-"),
+                    e.shard,
+                    e.lsn
+                ));
+                items.push(json!({
+                    "time_ms": e.time_ms, "delta": e.delta, "key": key, "kind": kind, "shard": e.shard, "lsn": e.lsn,
+                }));
+            }
             Output {
                 text: if text.is_empty() {
                     "no events".into()
                 } else {
                     text.join("\n")
                 },
-                json: json!({ "events": items }),
+                json: incomplete_json(json!({ "events": items }), &held),
+                warning: held.map(|(_, warning)| warning),
             }
         }
         Command::Admin(Admin::Promote { force, wait_ms }) => {
@@ -380,9 +408,44 @@ fn run(command: &Command, client: &mut Client) -> Result<Output, Error> {
             Output {
                 text: format!("primary at epoch {epoch}"),
                 json: json!({ "promoted": true, "epoch": epoch, "force": force }),
+                warning: None,
             }
         }
     })
+}
+
+/// Runs a history listing (`events`, `audit`) from `from_ms`. If the node does not hold the start
+/// of the range (`history_not_held`), runs it again from the first time it holds completely and
+/// returns that time with a warning saying what is missing, so the listing is never silently
+/// shorter: the caller prints the warning and exits with `EXIT_INCOMPLETE`.
+fn complete_from<T>(
+    from_ms: u64,
+    mut list: impl FnMut(u64) -> Result<T, Error>,
+) -> Result<(T, Option<(u64, String)>), Error> {
+    match list(from_ms) {
+        Ok(items) => Ok((items, None)),
+        Err(error) => match error.history_held_from_ms() {
+            Some(held_ms) if held_ms > from_ms => {
+                let items = list(held_ms)?;
+                let warning = format!(
+                    "history before {} is not held on this node, shown from then on ({}); the primary may hold it",
+                    format_time(held_ms),
+                    error.message()
+                );
+                Ok((items, Some((held_ms, warning))))
+            }
+            _ => Err(error),
+        },
+    }
+}
+
+/// A history listing's JSON, with `"complete_from_ms"` when it starts later than asked.
+fn incomplete_json(mut value: Value, held: &Option<(u64, String)>) -> Value {
+    if let (Some((held_ms, warning)), Some(object)) = (held, value.as_object_mut()) {
+        object.insert("complete_from_ms".into(), json!(held_ms));
+        object.insert("warning".into(), json!(warning));
+    }
+    value
 }
 
 /// How long to wait for a reply. A promotion may legitimately wait `wait_ms` for its peers before
@@ -542,6 +605,7 @@ fn write_output(value: i64, token: tally_sdk::Token) -> Output {
     Output {
         text: value.to_string(),
         json: json!({ "value": value, "shard": token.shard, "lsn": token.lsn }),
+        warning: None,
     }
 }
 
@@ -573,6 +637,7 @@ fn stats_output(stats: &StatsReply) -> Output {
     Output {
         text,
         json: json!({ "figures": figures, "split": split }),
+        warning: None,
     }
 }
 
@@ -879,6 +944,42 @@ mod tests {
         assert_eq!(error_json(&unavailable)["error"], "replicas_unavailable");
         assert_eq!(error_json(&unavailable)["code"], 25);
         assert_eq!(exit_code(&unavailable), EXIT_REFUSED);
+    }
+
+    /// A listing whose start this node does not hold is asked again from the first time it
+    /// holds, with a warning; other errors, and a second refusal, stand.
+    #[test]
+    fn history_not_held_lists_from_the_first_time_held_with_a_warning() {
+        let not_held = |held_ms: i64| Error::Server {
+            code: ErrorCode::HistoryNotHeld as u16,
+            current: Some(held_ms),
+            message: "shard 0's log on this node holds its history only from lsn 9 on".into(),
+        };
+        let mut asked = Vec::new();
+        let (items, held) = complete_from(100, |from_ms| {
+            asked.push(from_ms);
+            if from_ms < 5_000 {
+                Err(not_held(5_000))
+            } else {
+                Ok(vec![from_ms])
+            }
+        })
+        .unwrap();
+        assert_eq!((asked, items), (vec![100, 5_000], vec![5_000]));
+        let (held_ms, warning) = held.unwrap();
+        assert_eq!(held_ms, 5_000);
+        assert!(
+            warning.contains("not held on this node") && warning.contains("lsn 9"),
+            "{warning}"
+        );
+        let json = incomplete_json(json!({ "events": [] }), &Some((held_ms, warning)));
+        assert_eq!(json["complete_from_ms"], 5_000);
+        let (items, held) = complete_from(100, |from_ms| Ok::<_, Error>(vec![from_ms])).unwrap();
+        assert_eq!((items, held), (vec![100], None));
+        let again = complete_from(100, |_| Err::<(), _>(not_held(5_000)));
+        assert_eq!(again.unwrap_err().error_code(), Some(ErrorCode::HistoryNotHeld));
+        let other = complete_from(100, |_| Err::<(), _>(Error::Timeout));
+        assert!(matches!(other, Err(Error::Timeout)));
     }
 
     #[test]

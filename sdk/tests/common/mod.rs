@@ -554,7 +554,7 @@ fn apply(state: &mut State, shared: &Shared, shard: u16, request: &Request<'_>) 
             if let Some(seen) = key.and_then(|key| state.keys.get(&key)) {
                 return Ok(Reply::AddBounded {
                     value: seen.value,
-                    flags: REPLY_DUPLICATE,
+                    flags: REPLY_DUPLICATE | REPLY_STRICT,
                     token: Token { shard, lsn: state.lsn },
                 });
             }
@@ -582,7 +582,7 @@ fn apply(state: &mut State, shared: &Shared, shard: u16, request: &Request<'_>) 
             }
             Ok(Reply::AddBounded {
                 value,
-                flags: 0,
+                flags: REPLY_STRICT,
                 token: Token { shard, lsn: state.lsn },
             })
         }
