@@ -124,8 +124,9 @@ pub fn log_tail(path: &std::path::Path, lines: usize) -> String {
     }
 }
 
-/// Frames of each thread's backtrace that `thread_dump` shows.
-const THREAD_DUMP_FRAMES_MAX: u32 = 16;
+/// Frames of each thread's backtrace that `thread_dump` shows: deep enough to reach tallyd's own
+/// frames under glommio's reactor.
+const THREAD_DUMP_FRAMES_MAX: u32 = 40;
 /// How long `thread_dump` lets gdb work before giving up on it.
 const THREAD_DUMP_TIMEOUT_SECS: u32 = 30;
 

@@ -31,7 +31,7 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 fn writable_or_fail(group: &Group, what: &str) -> Duration {
     let started = Instant::now();
     if let Err(e) = wait_writable_at(&group.addr(0), WRITABLE_TIMEOUT) {
-        let stuck = group.log_lines_with(0, &["promot", "probing", "epoch", "restarting"]);
+        let stuck = group.log_lines_with(0, &["promot", "probing", "epoch", "restarting", "startup", "debug"]);
         panic!(
             "{what}: {e}\nnode 0's lines about its promotion:\n{}\n{}",
             stuck.join("\n"),
@@ -46,7 +46,11 @@ fn a_starting_primary_takes_writes_every_time_its_replicas_are_up() {
     let names: Vec<String> = (0..4).map(|i| format!("cand:{i}")).collect();
     let mut slowest = Duration::ZERO;
     for round in 0..ROUNDS {
-        let mut group = Group::start(GroupOptions::default());
+        // Debug: the node logs each startup stage, so a start that hangs says where.
+        let mut group = Group::start(GroupOptions {
+            log_level: "debug",
+            ..GroupOptions::default()
+        });
         slowest = slowest.max(writable_or_fail(
             &group,
             &format!("round {round}: a fresh group's primary"),
