@@ -199,21 +199,23 @@ impl Faults {
         let allowed = |nodes: &[usize]| nodes.iter().any(|&n| suspects[n]);
         let mut out = Vec::new();
         for node in 0..NODES {
+            // Losing the primary is what tests failover: twice as likely as losing a replica.
+            let lose = if Some(node) == self.primary { 4 } else { 2 };
             if self.down[node] {
                 out.push((Fault::Restart(node), 4));
             } else {
                 if allowed(&[node]) {
-                    out.push((Fault::Kill(node), 2));
+                    out.push((Fault::Kill(node), lose));
                 }
                 if self.paused[node] {
                     out.push((Fault::Resume(node), 4));
                 } else if allowed(&[node]) {
-                    out.push((Fault::Pause(node), 2));
+                    out.push((Fault::Pause(node), lose));
                 }
             }
             let links_uncut = (0..NODES).any(|o| o != node && (!self.cut[node][o] || !self.cut[o][node]));
             if links_uncut && allowed(&[node]) {
-                out.push((Fault::Isolate(node), 2));
+                out.push((Fault::Isolate(node), lose));
             }
             for to in (0..NODES).filter(|&to| to != node) {
                 if self.cut[node][to] {

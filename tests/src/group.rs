@@ -9,12 +9,16 @@
 //! - **Clients.** A `ProxySet` in front of each node for clients (`client_addr`); clients through
 //!   it must not be shard-aware (`client_via_proxy`), since a shard-aware client would connect to
 //!   the shard ports the node reports, past the proxy.
-//! - **Restarts.** `args(i)` reads node i's `DATA_DIR/node`: `role primary` → `--replica L_j
-//!   --replica L_k`; `role replica P` → `--replica-of P --replica L_k` (k the third node); no role
-//!   yet → its initial flags (node 0 the primary, `--replica-of L_0` on the others). `P` is passed
-//!   as the file has it, since tallyd must find the flag equal to the file: when a node learnt its
-//!   primary from the primary itself, the file holds that primary's listen address, and then that
-//!   one link (replica → primary) does not go through its proxy.
+//! - **Restarts.** `args(i)` reads node i's `DATA_DIR/node`: `role primary` → `--replica L(i,j)
+//!   --replica L(i,k)`; `role replica P` → `--replica-of L(i,p) --replica L(i,k)`, where p is the
+//!   node P belongs to (its own address or one of its proxies) and k the third node; no role yet →
+//!   its initial flags (node 0 the primary, `--replica-of L(i,0)` on the others). tallyd refuses a
+//!   flag that contradicts the file's role (primary against replica) but takes another address of
+//!   the same role ("the file takes the flag's address", `reconcile_role` in net/src/node.rs), so a
+//!   replica whose file holds its primary's own listen address (learnt from that primary) is still
+//!   started through the link's proxy. One path escapes the proxies: a node that steps down in
+//!   process follows the address its new primary announced (its listen address) until its next
+//!   restart.
 //! - **Logs.** Each node's stderr is appended to its own log file, with a `==== harness:` line
 //!   before each thing the harness does to it; `log_tails` quotes them when a test fails. The log
 //!   directory is kept (and its path printed) when the test panics.
@@ -34,7 +38,7 @@ use crate::proxy::ProxySet;
 use crate::{fresh_dir, log_tail, Launch, Server};
 
 /// Lines of each node's log quoted by `log_tails`.
-pub const LOG_TAIL_LINES: usize = 60;
+pub const GROUP_LOG_TAIL_LINES: usize = 60;
 /// How long a promotion may wait for its peers (`PROMOTE`'s `wait_ms`).
 pub const PROMOTE_WAIT_MS: u32 = 5_000;
 
@@ -217,12 +221,12 @@ impl Group {
         args
     }
 
-    /// The flags of node `i` as a replica of `primary_addr` (which belongs to node `p`).
-    fn replica_args(&self, i: usize, p: usize, primary_addr: String) -> Vec<String> {
+    /// The flags of node `i` as a replica of node `p`: both peers through their links.
+    pub fn replica_args(&self, i: usize, p: usize) -> Vec<String> {
         assert!(p != i, "node {i} cannot follow itself");
         let other = (0..NODES).find(|&n| n != i && n != p).expect("a third node");
         let mut args = self.common_args(i);
-        args.extend(["--replica-of".into(), primary_addr]);
+        args.extend(["--replica-of".into(), self.link_addr(i, p)]);
         args.extend(["--replica".into(), self.link_addr(i, other)]);
         args
     }
@@ -231,7 +235,7 @@ impl Group {
     pub fn args(&self, i: usize) -> Result<Vec<String>, String> {
         match self.file_role(i)? {
             FileRole::Unset if i == 0 => Ok(self.primary_args(i)),
-            FileRole::Unset => Ok(self.replica_args(i, 0, self.link_addr(i, 0))),
+            FileRole::Unset => Ok(self.replica_args(i, 0)),
             FileRole::Primary => Ok(self.primary_args(i)),
             FileRole::Replica { primary } => {
                 let p = self
@@ -240,7 +244,7 @@ impl Group {
                 if p == i {
                     return Err(format!("node {i}'s file names itself ({primary}) as its primary"));
                 }
-                Ok(self.replica_args(i, p, primary))
+                Ok(self.replica_args(i, p))
             }
         }
     }
@@ -330,6 +334,14 @@ impl Group {
         }
     }
 
+    /// `thread_dump` of node `i`'s process (a note when it is not running).
+    pub fn thread_dump(&self, i: usize) -> String {
+        match &self.nodes[i] {
+            Some(server) => crate::thread_dump(server.pid()),
+            None => format!("node {i} is not running"),
+        }
+    }
+
     pub fn is_running(&self, i: usize) -> bool {
         self.nodes[i].is_some()
     }
@@ -406,7 +418,8 @@ impl Group {
             }
             if Instant::now() >= deadline {
                 return Err(format!(
-                    "node {i} answered PROMOTE (epoch {epoch}) but did not report node.role primary within {CATCH_UP_TIMEOUT:?}"
+                    "node {i} answered PROMOTE (epoch {epoch}) but did not report node.role primary within {CATCH_UP_TIMEOUT:?}; {}",
+                    self.thread_dump(i)
                 ));
             }
             std::thread::sleep(crate::POLL_INTERVAL);
@@ -433,7 +446,7 @@ impl Group {
         }
     }
 
-    /// The last `LOG_TAIL_LINES` lines of every node's log, for a failure message.
+    /// The last `GROUP_LOG_TAIL_LINES` lines of every node's log, for a failure message.
     pub fn log_tails(&self) -> String {
         (0..NODES)
             .map(|i| {
@@ -441,7 +454,7 @@ impl Group {
                     "---- node {i} ({}), {}:\n{}",
                     self.addr(i),
                     self.log_path(i).display(),
-                    log_tail(&self.log_path(i), LOG_TAIL_LINES)
+                    log_tail(&self.log_path(i), GROUP_LOG_TAIL_LINES)
                 )
             })
             .collect::<Vec<_>>()

@@ -124,6 +124,60 @@ pub fn log_tail(path: &std::path::Path, lines: usize) -> String {
     }
 }
 
+/// Frames of each thread's backtrace that `thread_dump` shows: deep enough to reach tallyd's own
+/// frames under glommio's reactor.
+const THREAD_DUMP_FRAMES_MAX: u32 = 40;
+/// How long `thread_dump` lets gdb work before giving up on it.
+const THREAD_DUMP_TIMEOUT_SECS: u32 = 30;
+
+/// What every thread of process `pid` is doing, for the message of a test that found the process
+/// stuck: gdb's backtraces (`thread apply all bt`), and each thread's state and kernel stack from
+/// /proc. A note instead of either when it cannot be had (no gdb, no permission).
+pub fn thread_dump(pid: u32) -> String {
+    let mut out = format!("threads of pid {pid}:\n");
+    let task_dir = format!("/proc/{pid}/task");
+    if let Ok(tasks) = std::fs::read_dir(&task_dir) {
+        for task in tasks.flatten() {
+            let path = task.path();
+            let read = |name: &str| std::fs::read_to_string(path.join(name)).unwrap_or_default();
+            let state = read("status")
+                .lines()
+                .find(|l| l.starts_with("State:"))
+                .unwrap_or("State: ?")
+                .to_string();
+            out.push_str(&format!(
+                "  tid {} {} {} wchan {}\n{}",
+                task.file_name().to_string_lossy(),
+                read("comm").trim(),
+                state,
+                read("wchan").trim(),
+                read("stack")
+                    .lines()
+                    .map(|l| format!("      {l}\n"))
+                    .collect::<String>()
+            ));
+        }
+    }
+    let gdb = Command::new("timeout")
+        .arg(THREAD_DUMP_TIMEOUT_SECS.to_string())
+        .args(["gdb", "-batch", "-p", &pid.to_string(), "-ex"])
+        .arg(format!("thread apply all bt {THREAD_DUMP_FRAMES_MAX}"))
+        .stdin(Stdio::null())
+        .output();
+    match gdb {
+        Ok(output) => {
+            let text = String::from_utf8_lossy(&output.stdout);
+            let frames: Vec<&str> = text
+                .lines()
+                .filter(|l| l.starts_with('#') || l.starts_with("Thread "))
+                .collect();
+            out.push_str(&format!("gdb backtraces:\n{}\n", frames.join("\n")));
+        }
+        Err(e) => out.push_str(&format!("(no gdb backtraces: {e})\n")),
+    }
+    out
+}
+
 /// A running `tallyd` child process.
 pub struct Server {
     child: Option<Child>,
@@ -218,10 +272,15 @@ impl Server {
         let line = match rx.recv_timeout(START_TIMEOUT) {
             Ok(line) => line,
             Err(_) => {
+                // Still running: say what it is stuck on before ending it.
+                let dump = match child.try_wait() {
+                    Ok(None) => format!("\n{}", thread_dump(child.id())),
+                    _ => String::new(),
+                };
                 let _ = child.kill();
                 let status = child.wait().ok();
                 return Err(format!(
-                    "tallyd did not print its ready line within {START_TIMEOUT:?} (exit: {status:?}){}",
+                    "tallyd did not print its ready line within {START_TIMEOUT:?} (exit: {status:?}){}{dump}",
                     log_tail()
                 ));
             }
@@ -432,5 +491,21 @@ fn decode_body(header: &FrameHeader, body: &[u8]) -> RawReply {
             RawReply::Ops(ops)
         }
         other => panic!("unexpected frame kind {other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_thread_dump_names_each_thread_of_a_live_process() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn sleep");
+        let dump = super::thread_dump(child.id());
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(dump.contains(&format!("tid {}", child.id())), "{dump}");
+        assert!(dump.contains("sleep"), "{dump}");
     }
 }

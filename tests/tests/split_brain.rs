@@ -161,7 +161,7 @@ fn an_old_primary_restarted_in_a_partition_never_takes_over_the_promoted_epoch()
             panic!(
                 "within {CATCH_UP_TIMEOUT:?} of n0's restart the group did not converge to n1 primary, \
                  n0 and n2 replicas, x = 101 on every node (101 acknowledged: 1 by n0, 100 by n1 at epoch \
-                 {epoch_n1}). Each node (role 0 primary, 1 replica): {last:?}\n{}",
+                 {epoch_n1}). Each node (role 0 primary, 1 replica, 2 candidate): {last:?}\n{}",
                 group.log_tails()
             );
         }
