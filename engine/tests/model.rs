@@ -544,7 +544,7 @@ impl Model {
                         // Only strict counters take ADD_BOUNDED: every success says so.
                         flags: REPLY_DUPLICATE | REPLY_STRICT,
                         token: Token { shard: owner, lsn },
-                    })
+                    });
                 }
                 DedupSays::Conflict => return Err((ErrorCode::IdempotencyConflict, None)),
             }

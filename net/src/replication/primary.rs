@@ -269,7 +269,12 @@ async fn read_replies<R: futures_lite::AsyncRead + Unpin>(
                     link.addr,
                     reply.epoch,
                     position.lsn_appended,
-                    reply.history.entries().iter().map(|e| (e.epoch, e.lsn_first.get(usize::from(shard)).copied())).collect::<Vec<_>>(),
+                    reply
+                        .history
+                        .entries()
+                        .iter()
+                        .map(|e| (e.epoch, e.lsn_first.get(usize::from(shard)).copied()))
+                        .collect::<Vec<_>>(),
                     commands
                 );
                 if matches!(

@@ -95,6 +95,10 @@ pub struct ReplicaSide {
     snapshot: RefCell<Option<(u64, Vec<u8>)>>,
     /// Set while a promotion of this shard runs: peers' replies go to it.
     promoting: Cell<bool>,
+    /// One `append` at a time: the Follower counts a Ship appended when it emits `Append`, and an
+    /// append awaits between records (sealing a batch, waiting for room), so a second connection's
+    /// Ship (the old one's buffered frames after a pause, and the new one's) must wait its turn.
+    appending: Rc<Semaphore>,
 }
 
 impl ReplicaSide {
@@ -109,6 +113,7 @@ impl ReplicaSide {
             primary_out: RefCell::new(None),
             snapshot: RefCell::new(None),
             promoting: Cell::new(false),
+            appending: Rc::new(Semaphore::new(1)),
         }
     }
 }
@@ -239,7 +244,13 @@ pub async fn execute(
             }
             ReplicaCommand::Append { lsn_from, ship, .. } => {
                 let lsn_last = ship.lsn_last;
+                let appending = side.appending.clone();
+                let _turn = appending
+                    .acquire_permit(1)
+                    .await
+                    .map_err(|_| "the append lock closed".to_string())?;
                 append(runtime, lsn_from, &ship).await?;
+                drop(_turn);
                 let runtime = runtime.clone();
                 glommio::spawn_local(async move {
                     if runtime.durable.wait(lsn_last).await.is_ok() {
