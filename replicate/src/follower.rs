@@ -62,6 +62,16 @@ impl Follower {
         self.epoch_last = epoch_last;
     }
 
+    /// The runtime's log holds only up to `lsn` (an append failed or was cut short after this
+    /// follower counted it): continue from there and ask for the rest.
+    pub(crate) fn rewind(&mut self, epoch: u64, lsn: u64) -> Vec<ReplicaCommand> {
+        assert!(lsn <= self.lsn_appended);
+        self.lsn_appended = lsn;
+        self.lsn_durable = self.lsn_durable.min(lsn);
+        self.need_sent = None;
+        self.need(epoch)
+    }
+
     /// Every appended record is fsynced.
     pub fn settled(&self) -> bool {
         self.lsn_durable == self.lsn_appended

@@ -233,6 +233,13 @@ impl Replica {
         }
     }
 
+    /// The runtime's log of mirror stream `shard` holds only up to `lsn`, less than the stream
+    /// counted appended: the stream continues from there (`Need`).
+    pub fn rewind(&mut self, shard: u16, lsn: u64) -> Vec<ReplicaCommand> {
+        let epoch = self.epoch;
+        self.followers[usize::from(shard)].rewind(epoch, lsn)
+    }
+
     /// A frame from the primary failed its checksum (`DecodeError::Corrupt`): every stream asks for
     /// what it may have missed, once.
     pub fn frame_corrupt(&mut self) -> Vec<ReplicaCommand> {

@@ -244,6 +244,23 @@ pub async fn execute(
             }
             ReplicaCommand::Append { lsn_from, ship, .. } => {
                 let lsn_last = ship.lsn_last;
+                let have = runtime.engine.borrow().lsn();
+                if lsn_from > have + 1 {
+                    // The stream counted records the log does not hold (an earlier append was cut
+                    // short): continue from what is really there.
+                    log!(
+                        Level::Warn,
+                        "shard {}: shipped lsns from {lsn_from}, but the log holds up to {have}: asking again from {}",
+                        runtime.id,
+                        have + 1
+                    );
+                    queue.extend(side.replica.borrow_mut().rewind(runtime.id, have));
+                    continue;
+                }
+                let lsn_from = lsn_from.max(have + 1);
+                if lsn_from > lsn_last {
+                    continue;
+                }
                 let appending = side.appending.clone();
                 let _turn = appending
                     .acquire_permit(1)
