@@ -27,6 +27,24 @@ pub fn peers_for_majority(peers: usize) -> usize {
     peers.div_ceil(2)
 }
 
+/// The timing rule a promotion and a probe share: with `answered` of `peers` answers, does it go
+/// on now? Only with a majority, and then `MAJORITY_GRACE_MS` after the majority was first seen
+/// (`majority_at_ms` remembers it) or at the deadline, whichever is first.
+fn majority_goes_on(
+    answered: usize,
+    peers: usize,
+    majority_at_ms: &mut Option<u64>,
+    now_ms: u64,
+    deadline_ms: u64,
+) -> bool {
+    let majority = answered >= peers_for_majority(peers);
+    if majority && majority_at_ms.is_none() {
+        *majority_at_ms = Some(now_ms);
+    }
+    let grace_over = majority_at_ms.is_some_and(|at| now_ms >= at.saturating_add(MAJORITY_GRACE_MS));
+    majority && (grace_over || now_ms >= deadline_ms)
+}
+
 /// What the runtime must do for a promotion. Executed in order, like `ReplicaCommand`s.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PromotionCommand {
@@ -284,14 +302,14 @@ impl Promotion {
         match self.state {
             PromotionState::Fencing => {
                 let answered = self.answers.iter().filter(|a| a.is_some()).count();
-                let majority = answered >= peers_for_majority(self.answers.len());
-                if majority && self.majority_at_ms.is_none() {
-                    self.majority_at_ms = Some(now_ms);
-                }
-                let grace_over = self
-                    .majority_at_ms
-                    .is_some_and(|at| now_ms >= at.saturating_add(MAJORITY_GRACE_MS));
-                if majority && (grace_over || now_ms >= self.deadline_ms) {
+                let go = majority_goes_on(
+                    answered,
+                    self.answers.len(),
+                    &mut self.majority_at_ms,
+                    now_ms,
+                    self.deadline_ms,
+                );
+                if go {
                     return self.plan();
                 }
                 if now_ms < self.deadline_ms {
@@ -500,14 +518,14 @@ impl Probe {
             return &self.outcome;
         }
         let answered = self.answers.iter().filter(|a| a.is_some()).count();
-        let majority = answered >= peers_for_majority(self.answers.len());
-        if majority && self.majority_at_ms.is_none() {
-            self.majority_at_ms = Some(now_ms);
-        }
-        let grace_over = self
-            .majority_at_ms
-            .is_some_and(|at| now_ms >= at.saturating_add(MAJORITY_GRACE_MS));
-        if majority && (grace_over || now_ms >= self.deadline_ms) {
+        let go = majority_goes_on(
+            answered,
+            self.answers.len(),
+            &mut self.majority_at_ms,
+            now_ms,
+            self.deadline_ms,
+        );
+        if go {
             self.outcome = ProbeOutcome::Promote {
                 epoch_seen: self.epoch_seen(),
             };

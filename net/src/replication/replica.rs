@@ -576,14 +576,7 @@ pub async fn promote(runtime: Rc<ShardRuntime>, force: bool, wait: Duration, epo
             }
             return Err(format!("shard {shard}: promotion did not finish"));
         }
-        futures_lite::future::or(
-            async {
-                let _ = arrived.acquire(1).await;
-            },
-            glommio::timer::sleep(Duration::from_millis(50)),
-        )
-        .await;
-        crate::durability::take_wakeups(&arrived);
+        peer_messages_or_tick(&arrived).await;
         pending.extend(promotion.tick(now_ms()));
         let events: Vec<_> = inbox.borrow_mut().drain(..).collect();
         for (peer, message) in events {
@@ -659,14 +652,7 @@ pub async fn probe(runtime: &Rc<ShardRuntime>, wait: Duration) -> ProbeOutcome {
         outboxes.push(outbox);
     }
     while *probe.outcome() == ProbeOutcome::Pending && !shutdown_requested(&runtime.node) {
-        futures_lite::future::or(
-            async {
-                let _ = arrived.acquire(1).await;
-            },
-            glommio::timer::sleep(Duration::from_millis(50)),
-        )
-        .await;
-        crate::durability::take_wakeups(&arrived);
+        peer_messages_or_tick(&arrived).await;
         let events: Vec<_> = inbox.borrow_mut().drain(..).collect();
         for (peer, message) in events {
             match message {
@@ -686,6 +672,22 @@ pub async fn probe(runtime: &Rc<ShardRuntime>, wait: Duration) -> ProbeOutcome {
     }
     probe.outcome().clone()
 }
+
+/// Waits until a peer's message arrived or `PEER_TICK_MS` passed (a probe's or promotion's
+/// deadline checks run on those ticks).
+async fn peer_messages_or_tick(arrived: &Semaphore) {
+    futures_lite::future::or(
+        async {
+            let _ = arrived.acquire(1).await;
+        },
+        glommio::timer::sleep(Duration::from_millis(PEER_TICK_MS)),
+    )
+    .await;
+    crate::durability::take_wakeups(arrived);
+}
+
+/// How often a probe or a promotion looks at its deadlines while no peer message arrives.
+const PEER_TICK_MS: u64 = 50;
 
 /// A promotion ended without becoming primary. If no peer accepted its epoch, that epoch does not
 /// exist: the node returns to the one it had (only the proposal stays persisted).
